@@ -1,0 +1,123 @@
+"""The exceptions casstore raises, and nothing else it lets escape.
+
+The HTTP layer maps each branch to one status, in one place (api/problems.py)::
+
+    CasstoreError                 base; never raised itself
+    ├── NotFound                  404: a package, file or blob the caller named does not exist
+    ├── InvalidInput              422: the request is malformed; nothing was changed
+    │   ├── InvalidPath           a logical path breaks the path rules (paths.py)
+    │   ├── InvalidDigest         a digest is not 64 lowercase hex (or sha256:/base64 forms)
+    │   └── DigestMismatch        the bytes received do not hash to the digest the client sent
+    ├── Conflict                  409: the request is valid but the current state forbids it
+    │   ├── PathExists            the logical path is already in the package (and replace was not asked)
+    │   ├── PackageImmutable      the package is finalized, deleted or failed
+    │   ├── DuplicateRun          a live package already has this producer + run_id
+    │   ├── RetentionConflict     a retention change would shorten expiry, or deletion is not allowed
+    │   └── LeaseHeld             background work is already running elsewhere
+    ├── RangeNotSatisfiable       416: a byte range outside the file
+    └── StorageError              503: the storage backend failed (raised only by storage.py)
+        └── ObjectMissing         an object the caller expected is not on the backend
+
+Each class carries a human ``detail`` and optional ``extra`` fields that the
+problem+json body includes (for example the missing digests, or the existing
+package id).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class CasstoreError(Exception):
+    """Base of every error casstore raises on purpose."""
+
+    title = "Error"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+
+class NotFound(CasstoreError):
+    """A package, file entry or blob named by the caller does not exist."""
+
+    title = "Not Found"
+
+
+class InvalidInput(CasstoreError):
+    """The request is malformed; the caller must change it, nothing was changed."""
+
+    title = "Unprocessable Content"
+
+
+class InvalidPath(InvalidInput):
+    """A logical path is absolute, has '.', '..' or empty segments, control characters, or is too long."""
+
+    title = "Invalid logical path"
+
+
+class InvalidDigest(InvalidInput):
+    """A digest string is not a well-formed SHA-256."""
+
+    title = "Invalid digest"
+
+
+class DigestMismatch(InvalidInput):
+    """The bytes received hash to something else than the digest the client announced."""
+
+    title = "Digest mismatch"
+
+
+class Conflict(CasstoreError):
+    """The request is valid but the current state of the store forbids it."""
+
+    title = "Conflict"
+
+
+class PathExists(Conflict):
+    """The logical path already exists in the package and replace was not requested."""
+
+    title = "Path already exists"
+
+
+class PackageImmutable(Conflict):
+    """The package is finalized (or deleted, or failed) and can no longer change."""
+
+    title = "Package is immutable"
+
+
+class DuplicateRun(Conflict):
+    """A live package already holds this (producer, run_id); its id is in ``extra``."""
+
+    title = "Run already registered"
+
+
+class RetentionConflict(Conflict):
+    """A retention change would shorten expiry, or a deletion is not allowed yet."""
+
+    title = "Retention conflict"
+
+
+class LeaseHeld(Conflict):
+    """Background work (gc, verify) already runs under a live lease elsewhere."""
+
+    title = "Lease held"
+
+
+class RangeNotSatisfiable(CasstoreError):
+    """The requested byte range does not overlap the file."""
+
+    title = "Range Not Satisfiable"
+
+
+class StorageError(CasstoreError):
+    """The storage backend failed; raised only at the storage adapter boundary."""
+
+    title = "Storage unavailable"
+
+
+class ObjectMissing(StorageError):
+    """An object expected on the backend is not there."""
+
+    title = "Object missing"

@@ -1,0 +1,71 @@
+"""Every storage key the store uses, and the only place that builds one.
+
+The key tree, identical on every backend (relative to the storage root)::
+
+    <root>/
+      blobs/
+        sha256/
+          <hex[0:2]>/
+            <hex[2:4]>/
+              <hex>                 one blob: the exact bytes whose SHA-256 is <hex>
+      staging/
+        <ulid>                      an upload in progress, before its digest is known
+      health/
+        <ulid>                      a health probe object, written and deleted at once
+
+Keys are built from validated digests (digests.parse_sha256) and server-made
+ULIDs only. No name a user sent, such as a logical path, ever becomes a key,
+so no request can write outside these folders.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from ulid import ULID
+
+from .digests import parse_sha256
+
+BLOB_PREFIX = "blobs/sha256/"
+STAGING_PREFIX = "staging/"
+HEALTH_PREFIX = "health/"
+
+
+def blob_key(sha256_hex: str) -> str:
+    """The final key of the blob with this SHA-256."""
+    hex_ = parse_sha256(sha256_hex)
+    return f"{BLOB_PREFIX}{hex_[0:2]}/{hex_[2:4]}/{hex_}"
+
+
+def digest_from_blob_key(key: str) -> str | None:
+    """The SHA-256 a final blob key names, or None if the key is not a well-formed blob key."""
+    if not key.startswith(BLOB_PREFIX):
+        return None
+    parts = key[len(BLOB_PREFIX):].split("/")
+    if len(parts) != 3:
+        return None
+    try:
+        hex_ = parse_sha256(parts[2])
+    except Exception:
+        return None
+    if parts[0] != hex_[0:2] or parts[1] != hex_[2:4] or parts[2] != hex_:
+        return None
+    return hex_
+
+
+def new_staging_key() -> str:
+    """A fresh staging key for one upload; the ULID keeps keys unique and age-sortable."""
+    return f"{STAGING_PREFIX}{ULID()}"
+
+
+def staging_key_time(key: str) -> datetime | None:
+    """When a staging key was made (from its ULID), or None for a foreign key."""
+    try:
+        return ULID.from_str(key[len(STAGING_PREFIX):]).datetime.astimezone(timezone.utc)
+    except Exception:
+        return None
+
+
+def new_health_key() -> str:
+    """A fresh key for one health probe."""
+    return f"{HEALTH_PREFIX}{ULID()}"

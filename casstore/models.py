@@ -1,0 +1,181 @@
+"""The registry's tables (SQLModel), created only by the Alembic migrations.
+
+Each table has a Base (its plain fields, reusable as a data shape) and the
+table class itself. Times are aware UTC datetimes (SQLModel's UTCDateTime stores
+them without offset on SQLite and as timestamptz on PostgreSQL).
+
+Reference counting: ``Blob.refcount`` is the number of live file entries
+(entries of packages that are not deleted) that point at the blob, plus the
+packages whose manifest is that blob. It changes only in the transaction that
+adds or removes such a reference, under the blob row's lock.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import JSON, BigInteger, CheckConstraint, Column, ForeignKey, Index, Integer, PrimaryKeyConstraint, String, Text, text
+from sqlmodel import Field, SQLModel
+
+PACKAGE_STATUSES = ("created", "uploading", "finalized", "failed", "deleted")
+LIVE_STATUSES = ("created", "uploading", "finalized", "failed")
+OPEN_STATUSES = ("created", "uploading")
+BLOB_STATES = ("present", "deleting")
+
+
+def utcnow() -> datetime:
+    """Now, in UTC (SQLModel stores aware datetimes and returns them in UTC)."""
+    return datetime.now(timezone.utc)
+
+
+class RetentionClassBase(SQLModel):
+    name: str = Field(primary_key=True, max_length=64)
+    days: int | None = Field(default=None, description="None keeps forever")
+    description: str = Field(default="", sa_type=Text)
+
+
+class RetentionClass(RetentionClassBase, table=True):
+    __tablename__ = "retention_class"
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class ProducerBase(SQLModel):
+    name: str = Field(primary_key=True, max_length=128)
+    default_retention_class: str = Field(
+        sa_column=Column(String(64), ForeignKey("retention_class.name"), nullable=False))
+
+
+class Producer(ProducerBase, table=True):
+    __tablename__ = "producer"
+
+
+class PackageBase(SQLModel):
+    id: str = Field(primary_key=True, max_length=40)
+    producer: str = Field(max_length=128)
+    status: str = Field(default="created", max_length=16)
+    run_id: str | None = Field(default=None, max_length=256, index=True)
+    target_profile: str | None = Field(default=None, max_length=256, index=True)
+    assessment_profile: str | None = Field(default=None, max_length=256, index=True)
+    retention_class: str = Field(sa_column=Column(String(64), ForeignKey("retention_class.name"), nullable=False))
+    expires_at: datetime | None = Field(default=None, index=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    finalized_at: datetime | None = None
+    deleted_at: datetime | None = None
+    file_count: int = Field(default=0, sa_type=BigInteger)
+    total_bytes: int = Field(default=0, sa_type=BigInteger)
+    manifest_digest: str | None = Field(default=None, max_length=71)
+
+
+class Package(PackageBase, table=True):
+    __tablename__ = "package"
+    __table_args__ = (
+        Index("ix_package_status", "status"),
+        CheckConstraint("status IN ('created', 'uploading', 'finalized', 'failed', 'deleted')",
+                        name="ck_package_status"),
+        Index("ix_package_producer", "producer"),
+        # One live package per (producer, run_id): the idempotency key of ingestion.
+        Index("uq_package_live_run", "producer", "run_id", unique=True,
+              sqlite_where=text("run_id IS NOT NULL AND status <> 'deleted' AND status <> 'failed'"),
+              postgresql_where=text("run_id IS NOT NULL AND status <> 'deleted' AND status <> 'failed'")),
+    )
+    producer_metadata: dict = Field(default_factory=dict, sa_column=Column("metadata", JSON, nullable=False))
+
+
+class BlobBase(SQLModel):
+    sha256: str = Field(primary_key=True, min_length=64, max_length=64)
+    size: int = Field(sa_type=BigInteger)
+    blake3: str = Field(max_length=64)
+
+
+class Blob(BlobBase, table=True):
+    __tablename__ = "blob"
+    __table_args__ = (Index("ix_blob_refcount_state", "refcount", "state"),
+                      Index("ix_blob_verified_at", "verified_at"),
+                      CheckConstraint("refcount >= 0", name="ck_blob_refcount_nonnegative"),
+                      CheckConstraint("state IN ('present', 'deleting')", name="ck_blob_state"))
+    refcount: int = Field(default=0, sa_type=BigInteger)
+    state: str = Field(default="present", max_length=16)
+    created_at: datetime = Field(default_factory=utcnow)
+    verified_at: datetime | None = None
+
+
+class StorageLocation(SQLModel, table=True):
+    """Where a blob's bytes are. A whole object today; offset/length leave room for packs."""
+
+    __tablename__ = "storage_location"
+    blob_sha256: str = Field(sa_column=Column(String(64), ForeignKey("blob.sha256", ondelete="CASCADE"),
+                                              primary_key=True))
+    backend: str = Field(max_length=32)
+    object_key: str = Field(sa_type=Text)
+    offset: int = Field(default=0, sa_type=BigInteger)
+    length: int = Field(sa_type=BigInteger)
+
+
+class FileEntryBase(SQLModel):
+    path: str = Field(sa_type=Text)
+    size: int = Field(sa_type=BigInteger)
+    media_type: str = Field(max_length=255)
+
+
+class FileEntry(FileEntryBase, table=True):
+    __tablename__ = "file_entry"
+    # (package_id, path) so that a package's files are one index range, in path order.
+    __table_args__ = (PrimaryKeyConstraint("package_id", "path", name="pk_file_entry"),)
+    package_id: str = Field(sa_column=Column(String(40), ForeignKey("package.id"), nullable=False))
+    blob_sha256: str = Field(sa_column=Column(String(64), ForeignKey("blob.sha256"), nullable=False, index=True))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class HoldBase(SQLModel):
+    id: str = Field(primary_key=True, max_length=40)
+    reason: str = Field(sa_type=Text)
+    placed_by: str = Field(max_length=256)
+    placed_at: datetime = Field(default_factory=utcnow)
+    released_at: datetime | None = None
+    released_by: str | None = Field(default=None, max_length=256)
+    release_reason: str | None = Field(default=None, sa_type=Text)
+
+
+class Hold(HoldBase, table=True):
+    __tablename__ = "hold"
+    package_id: str = Field(sa_column=Column(String(40), ForeignKey("package.id"), nullable=False, index=True))
+
+
+class RetentionEvent(SQLModel, table=True):
+    """Append-only: every change of a package's retention (class, expiry, holds)."""
+
+    __tablename__ = "retention_event"
+    id: int | None = Field(default=None, sa_column=Column(Integer, primary_key=True, autoincrement=True))
+    package_id: str = Field(sa_column=Column(String(40), ForeignKey("package.id"), nullable=False, index=True))
+    at: datetime = Field(default_factory=utcnow)
+    actor: str = Field(max_length=256)
+    kind: str = Field(max_length=32)
+    before: dict | None = Field(default=None, sa_column=Column(JSON))
+    after: dict | None = Field(default=None, sa_column=Column(JSON))
+    reason: str = Field(default="", sa_type=Text)
+
+
+class AuditEvent(SQLModel, table=True):
+    """Append-only: every state change, written in the transaction that made it."""
+
+    __tablename__ = "audit_event"
+    __table_args__ = (Index("ix_audit_event_package_id", "package_id"),
+                      Index("ix_audit_event_at", "at"),
+                      Index("ix_audit_event_actor", "actor"),
+                      Index("ix_audit_event_action", "action"))
+    id: int | None = Field(default=None, sa_column=Column(Integer, primary_key=True, autoincrement=True))
+    at: datetime = Field(default_factory=utcnow)
+    actor: str = Field(max_length=256)
+    action: str = Field(max_length=64)
+    package_id: str | None = Field(default=None, max_length=40)
+    subject: str | None = Field(default=None, sa_type=Text)
+    details: dict | None = Field(default=None, sa_column=Column(JSON))
+
+
+class Lease(SQLModel, table=True):
+    """A named lock for background work (gc, verify) that expires if its holder dies."""
+
+    __tablename__ = "lease"
+    name: str = Field(primary_key=True, max_length=64)
+    holder: str = Field(max_length=128)
+    expires_at: datetime

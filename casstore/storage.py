@@ -1,0 +1,179 @@
+"""The storage adapter: a small byte-store interface over obstore.
+
+This is the only module that imports obstore. It knows keys and bytes, never
+digests or packages (those live in cas.py and the services), and it turns
+every obstore or OS error into casstore's own at this boundary:
+
+* a missing object           -> ObjectMissing (obstore raises the builtin FileNotFoundError)
+* anything else that failed  -> StorageError
+* "already exists" on a no-overwrite write is not an error here: it returns False.
+
+Backends are chosen by URL: ``file:///abs/path`` (the embedded default),
+``memory:///`` (tests), ``s3://bucket/prefix`` (S3-compatible, Ceph RGW).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+from urllib.parse import unquote, urlparse
+
+import obstore
+from obstore.exceptions import AlreadyExistsError, BaseError
+from obstore.store import LocalStore, MemoryStore
+
+from .errors import ObjectMissing, StorageError
+
+READ_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What the backend says about one object."""
+
+    key: str
+    size: int
+    last_modified: datetime
+
+
+class Storage(Protocol):
+    """The operations the store needs from a backend; nothing more."""
+
+    backend: str
+
+    def put_stream(self, key: str, chunks: Iterable[bytes]) -> None: ...
+
+    def put_if_absent(self, key: str, data: bytes) -> bool: ...
+
+    def copy_if_absent(self, src: str, dst: str) -> bool: ...
+
+    def get(self, key: str, start: int | None = None, end: int | None = None) -> Iterator[bytes]: ...
+
+    def head(self, key: str) -> ObjectInfo | None: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
+
+
+@contextmanager
+def _mapped(key: str):
+    """Translate obstore/OS errors into casstore's at the boundary."""
+    try:
+        yield
+    except FileNotFoundError as exc:
+        raise ObjectMissing(f"object not found: {key}") from exc
+    except (BaseError, OSError) as exc:
+        raise StorageError(f"storage backend failed on {key}: {type(exc).__name__}: {exc}") from exc
+
+
+def _info(meta: dict) -> ObjectInfo:
+    return ObjectInfo(key=meta["path"], size=int(meta["size"]), last_modified=meta["last_modified"])
+
+
+class ObjectStorage:
+    """A Storage over any obstore store (local, memory, S3)."""
+
+    def __init__(self, store, backend: str, *, part_size: int = 8 << 20, concurrency: int = 4) -> None:
+        self._store = store
+        self.backend = backend
+        self._part_size = part_size
+        self._concurrency = concurrency
+
+    def put_stream(self, key: str, chunks: Iterable[bytes]) -> None:
+        """Write an object from an iterable of chunks, multipart on S3; atomic at ``key``."""
+        with _mapped(key):
+            obstore.put(self._store, key, iter(chunks), chunk_size=self._part_size,
+                        max_concurrency=self._concurrency)
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Write a small buffer at ``key`` unless an object is there; True if written.
+
+        Only for bounded buffers: obstore's create mode is never multipart.
+        """
+        try:
+            with _mapped(key):
+                obstore.put(self._store, key, data, mode="create")
+        except StorageError as exc:
+            if isinstance(exc.__cause__, AlreadyExistsError):
+                return False
+            raise
+        return True
+
+    def copy_if_absent(self, src: str, dst: str) -> bool:
+        """Copy ``src`` to ``dst`` unless ``dst`` exists; True if copied (a hard link locally)."""
+        try:
+            with _mapped(src):
+                obstore.copy(self._store, src, dst, overwrite=False)
+        except StorageError as exc:
+            if isinstance(exc.__cause__, AlreadyExistsError):
+                return False
+            raise
+        return True
+
+    def get(self, key: str, start: int | None = None, end: int | None = None) -> Iterator[bytes]:
+        """Stream an object, or the byte range [start, end), in chunks of about 1 MiB."""
+        options = {}
+        if start is not None or end is not None:
+            options["range"] = (start or 0, end) if end is not None else {"offset": start or 0}
+        with _mapped(key):
+            result = obstore.get(self._store, key, options=options or None)
+        return self._chunks(key, result)
+
+    @staticmethod
+    def _chunks(key: str, result) -> Iterator[bytes]:
+        with _mapped(key):
+            for chunk in result.stream(min_chunk_size=READ_CHUNK):
+                yield bytes(chunk)
+
+    def head(self, key: str) -> ObjectInfo | None:
+        """Size and age of an object, or None if it is not there."""
+        try:
+            with _mapped(key):
+                return _info(obstore.head(self._store, key))
+        except ObjectMissing:
+            return None
+
+    def delete(self, key: str) -> None:
+        """Delete an object; deleting a missing object is not an error."""
+        try:
+            with _mapped(key):
+                obstore.delete(self._store, key)
+        except ObjectMissing:
+            pass
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Every object under ``prefix`` (a folder ending in '/')."""
+        with _mapped(prefix):
+            for batch in obstore.list(self._store, prefix=prefix.rstrip("/") or None, chunk_size=1000):
+                for meta in batch:
+                    yield _info(meta)
+
+
+class LocalStorage(ObjectStorage):
+    """The embedded default: a folder on the local filesystem."""
+
+    def __init__(self, root: str, **kwargs) -> None:
+        self.root = os.path.abspath(root)
+        os.makedirs(self.root, exist_ok=True)
+        super().__init__(LocalStore(self.root, mkdir=True), "file", **kwargs)
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        # obstore's LocalStore raises if the prefix folder does not exist yet.
+        if not os.path.isdir(os.path.join(self.root, prefix)):
+            return iter(())
+        return super().list(prefix)
+
+
+def open_storage(url: str, **kwargs) -> ObjectStorage:
+    """Open the backend an ``ARTIFACT_STORE_STORAGE_URL`` names."""
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        return LocalStorage(unquote(parsed.path), **kwargs)
+    if parsed.scheme == "memory":
+        return ObjectStorage(MemoryStore(), "memory", **kwargs)
+    raise StorageError(f"unsupported storage URL scheme: {parsed.scheme!r}")

@@ -4,6 +4,7 @@ The HTTP layer maps each branch to one status, in one place (api/problems.py)::
 
     CasstoreError                 base; never raised itself
     ├── NotFound                  404: a package, file or blob the caller named does not exist
+    │   └── Gone                  410: the package was deleted (its tombstone remains)
     ├── InvalidInput              422: the request is malformed; nothing was changed
     │   ├── InvalidPath           a logical path breaks the path rules (paths.py)
     │   ├── InvalidDigest         a digest is not 64 lowercase hex (or sha256:/base64 forms)
@@ -43,6 +44,12 @@ class NotFound(CasstoreError):
     """A package, file entry or blob named by the caller does not exist."""
 
     title = "Not Found"
+
+
+class Gone(NotFound):
+    """The package was deleted: its metadata is kept as a tombstone, its files are not served."""
+
+    title = "Gone"
 
 
 class InvalidInput(CasstoreError):

@@ -1,0 +1,54 @@
+"""The HTTP layer: ``create_app(settings)`` builds the Flask app over one Store.
+
+api/ parses requests, calls one casstore service per view and serializes the
+answer; it never touches the database or the backend itself.
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+from werkzeug.routing import PathConverter
+
+from casstore.config import Settings
+from casstore.store import Store
+
+from . import blobs, files, health, packages, problems
+
+
+class AnyPathConverter(PathConverter):
+    """Like ``path`` but also matches '' and a leading '/', so bad paths get a 422, not a 404."""
+
+    regex = ".*"
+    part_isolating = False  # werkzeug would infer True from a regex without '/'
+
+
+def create_app(settings: Settings | None = None, store: Store | None = None) -> Flask:
+    settings = settings or (store.settings if store else Settings.from_env())
+    app = Flask("artifact-store")
+    app.config.update(
+        API_TITLE="artifact-store",
+        API_VERSION="v1",
+        OPENAPI_VERSION="3.1.0",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="docs",
+        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        OPENAPI_REDOC_PATH="redoc",
+        OPENAPI_REDOC_URL="https://cdn.jsdelivr.net/npm/redoc/bundles/redoc.standalone.js",
+        MAX_FORM_MEMORY_SIZE=1 << 20,
+    )
+    app.url_map.merge_slashes = False  # 'a//b' must reach validation, not be rewritten
+    app.url_map.converters["anypath"] = AnyPathConverter
+    app.extensions["casstore"] = store or Store(settings)
+    api = problems.ProblemApi(app, spec_kwargs={"info": {"description": DESCRIPTION}})
+    problems.register(app)
+    for module in (packages, files, blobs, health):
+        api.register_blueprint(module.blp)
+    return app
+
+
+DESCRIPTION = (
+    "artifact-store keeps QA evidence: a producer registers a run directory as one package; "
+    "file bytes are deduplicated into SHA-256 blobs; a finalized package has a canonical manifest "
+    "whose SHA-256 is its manifest digest. Every error is application/problem+json (RFC 9457)."
+)

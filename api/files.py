@@ -1,0 +1,120 @@
+"""/v1/packages/<id>/files: stream bytes in, attach by reference, download with ranges."""
+
+from __future__ import annotations
+
+from flask import Response, request
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from casstore.digests import content_digest_header, parse_content_digest, parse_sha256
+from casstore.errors import InvalidDigest
+
+from . import context
+from .schemas import AttachRequest, AttachResult, FilePage, FileEntryOut, FileQuery, TarResult, UploadQuery
+
+blp = Blueprint("files", __name__, url_prefix="/v1/packages", description="Files of a package")
+
+CHUNK = 1 << 20
+UNSPECIFIED_TYPES = {"", "application/x-www-form-urlencoded"}  # what curl sends when told nothing
+PATH_PREFIX_SEGMENTS = 4  # /v1/packages/<id>/files/<logical path>
+
+
+def body_chunks():
+    """The raw request body, 1 MiB at a time (never all of it in memory)."""
+    stream = request.stream
+    while chunk := stream.read(CHUNK):
+        yield chunk
+
+
+def expected_digest() -> str | None:
+    """The SHA-256 the client announced (Content-Digest or X-Checksum-Sha256), if any."""
+    announced = []
+    if "Content-Digest" in request.headers:
+        announced.append(parse_content_digest(request.headers["Content-Digest"]))
+    if "X-Checksum-Sha256" in request.headers:
+        announced.append(parse_sha256(request.headers["X-Checksum-Sha256"]))
+    announced = [a for a in announced if a]
+    if len(set(announced)) > 1:
+        raise InvalidDigest("Content-Digest and X-Checksum-Sha256 announce different digests")
+    return announced[0] if announced else None
+
+
+def media_type() -> str | None:
+    value = (request.mimetype or "").lower()
+    return None if value in UNSPECIFIED_TYPES else request.headers.get("Content-Type")[:255]
+
+
+@blp.route("/<string:package_id>/files")
+class Files(MethodView):
+    @blp.arguments(FileQuery, location="query")
+    @blp.response(200, FilePage)
+    def get(self, query, package_id):
+        """A package's files in path order."""
+        return context.store().files.list(package_id, cursor=query.get("cursor"), limit=query["limit"])
+
+
+@blp.route("/<string:package_id>/attach")
+class Attach(MethodView):
+    @blp.arguments(AttachRequest)
+    @blp.response(200, AttachResult)
+    def post(self, body, package_id):
+        """Attach blobs the store already holds, by digest; the answer names the missing ones."""
+        attached, missing = context.store().files.attach(package_id, body["files"], actor=context.actor(),
+                                                         replace=body["replace"])
+        return {"attached": attached, "missing": missing}
+
+
+@blp.route("/<string:package_id>/tar")
+class TarUpload(MethodView):
+    @blp.arguments(UploadQuery, location="query")
+    @blp.response(201, TarResult)
+    @blp.doc(requestBody={"content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}}})
+    def post(self, query, package_id):
+        """Upload many files as one uncompressed tar stream, committed in one transaction."""
+        added = context.store().files.put_tar(package_id, request.stream, actor=context.actor(),
+                                              replace=query["replace"])
+        return {"added": added}
+
+
+@blp.route("/<string:package_id>/files/<anypath:logical_path>")
+class FileItem(MethodView):
+    @blp.arguments(UploadQuery, location="query")
+    @blp.response(201, FileEntryOut)
+    @blp.doc(requestBody={"content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}})
+    def put(self, query, package_id, logical_path):
+        """Stream one file in; the server hashes it (422 if it differs from Content-Digest)."""
+        return context.store().files.put(
+            package_id, context.raw_logical_path(PATH_PREFIX_SEGMENTS), body_chunks(), actor=context.actor(),
+            media_type=media_type(), expected_sha256=expected_digest(), replace=query["replace"])
+
+    @blp.response(200, content_type="application/octet-stream", description="the file's bytes")
+    @blp.alt_response(206, description="the requested byte range")
+    def get(self, package_id, logical_path):
+        """Download a file, whole or one byte range (HEAD: headers only)."""
+        byte_range = request.range.ranges[0] if request.range and len(request.range.ranges) == 1 else None
+        download = context.store().files.download(
+            package_id, context.raw_logical_path(PATH_PREFIX_SEGMENTS), byte_range,
+            body=request.method != "HEAD")
+        return file_response(download, partial=byte_range is not None)
+
+
+def file_response(download, partial: bool) -> Response:
+    entry = download.entry
+    etag = f'"{entry.blob_sha256}"'
+    headers = {
+        "ETag": etag,
+        "Accept-Ranges": "bytes",
+        "Repr-Digest": content_digest_header(entry.blob_sha256),
+        "X-Checksum-Sha256": entry.blob_sha256,
+        "X-Checksum-Blake3": download.blake3,
+        "Content-Length": str(download.end - download.start),
+    }
+    if request.headers.get("If-None-Match") in (etag, "*"):
+        headers.pop("Content-Length")
+        return Response(status=304, headers=headers)
+    status = 200
+    if partial:
+        status = 206
+        headers["Content-Range"] = f"bytes {download.start}-{download.end - 1}/{entry.size}"
+    return Response(download.chunks, status=status, headers=headers, content_type=entry.media_type,
+                    direct_passthrough=True)

@@ -1,0 +1,56 @@
+"""/v1/packages: create, list, read, finalize, manifest."""
+
+from __future__ import annotations
+
+from flask import Response
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from . import context
+from .schemas import PackageCreate, PackageOut, PackagePage, PackageQuery
+
+blp = Blueprint("packages", __name__, url_prefix="/v1/packages", description="Packages: one producer run each")
+
+
+@blp.route("")
+class Packages(MethodView):
+    @blp.arguments(PackageQuery, location="query")
+    @blp.response(200, PackagePage)
+    def get(self, query):
+        """List packages, newest first, filtered by any query field."""
+        limit, cursor = query.pop("limit"), query.pop("cursor", None)
+        return context.store().packages.list(query, cursor=cursor, limit=limit)
+
+    @blp.arguments(PackageCreate)
+    @blp.response(201, PackageOut)
+    def post(self, body):
+        """Create a package (409 if this producer already registered this run_id)."""
+        return context.store().packages.create(actor=context.actor(), **body)
+
+
+@blp.route("/<string:package_id>")
+class PackageItem(MethodView):
+    @blp.response(200, PackageOut)
+    def get(self, package_id):
+        """A package's metadata, counts, retention and manifest digest."""
+        return context.store().packages.get(package_id)
+
+
+@blp.route("/<string:package_id>/finalize")
+class Finalize(MethodView):
+    @blp.response(200, PackageOut)
+    def post(self, package_id):
+        """Write the manifest and make the package immutable (idempotent once finalized)."""
+        return context.store().packages.finalize(package_id, actor=context.actor())
+
+
+@blp.route("/<string:package_id>/manifest")
+class Manifest(MethodView):
+    @blp.response(200, content_type="application/json",
+                  description="the canonical manifest; its SHA-256 is the manifest digest")
+    def get(self, package_id):
+        """The manifest bytes of a finalized package."""
+        digest, size, chunks = context.store().packages.manifest(package_id)
+        return Response(chunks, mimetype="application/json",
+                        headers={"Content-Length": str(size), "ETag": f'"{digest}"',
+                                 "X-Manifest-Digest": f"sha256:{digest}"})

@@ -1,0 +1,76 @@
+"""Every error answer is RFC 9457 application/problem+json, made here and only here.
+
+casstore's exception hierarchy maps to statuses in one table; flask-smorest's
+own errors (webargs validation, unknown routes, wrong methods) come through
+``ProblemApi.handle_http_exception``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from flask import Response
+from flask_smorest import Api
+from werkzeug.exceptions import HTTPException
+
+from casstore import errors
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+# Most specific first: the first class an error is an instance of decides its status.
+STATUS = (
+    (errors.Gone, 410),
+    (errors.NotFound, 404),
+    (errors.InvalidInput, 422),
+    (errors.Conflict, 409),
+    (errors.RangeNotSatisfiable, 416),
+    (errors.StorageError, 503),
+)
+
+
+def problem(status: int, title: str, detail: str, headers: dict | None = None, **extra) -> Response:
+    body = {"type": "about:blank", "status": status, "title": title, "detail": detail, **extra}
+    return Response(json.dumps(body, default=str), status=status, headers=headers, mimetype=PROBLEM_JSON)
+
+
+def status_of(exc: errors.CasstoreError) -> int:
+    for cls, status in STATUS:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+def handle_casstore_error(exc: errors.CasstoreError) -> Response:
+    status = status_of(exc)
+    if status >= 500:
+        log.error("%s: %s", type(exc).__name__, exc.detail, exc_info=exc)
+    headers = {}
+    if isinstance(exc, errors.RangeNotSatisfiable) and "size" in exc.extra:
+        headers["Content-Range"] = f"bytes */{exc.extra['size']}"
+    return problem(status, exc.title, exc.detail, headers=headers, **exc.extra)
+
+
+class ProblemApi(Api):
+    """flask-smorest's Api, answering its own errors as problem+json."""
+
+    def handle_http_exception(self, error: HTTPException):
+        if error.code is None or error.code >= 500:
+            log.error("unhandled error", exc_info=getattr(error, "original_exception", None) or error)
+        extra = {}
+        data = getattr(error, "data", None) or {}
+        if "messages" in data:  # webargs validation errors: {location: {field: [messages]}}
+            extra["errors"] = data["messages"]
+        headers = dict(data.get("headers") or {})
+        if error.code == 405 and error.valid_methods:
+            headers["Allow"] = ", ".join(error.valid_methods)
+        detail = data.get("message") or error.description or error.name
+        if extra.get("errors"):
+            detail = "the request failed validation: " + json.dumps(extra["errors"], default=str)[:500]
+        return problem(error.code or 500, error.name, detail, headers=headers, **extra)
+
+
+def register(app) -> None:
+    app.register_error_handler(errors.CasstoreError, handle_casstore_error)

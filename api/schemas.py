@@ -1,0 +1,129 @@
+"""Every request and response shape of the HTTP API (marshmallow), in one place.
+
+Requests refuse unknown fields (a typo must not pass silently); responses
+write times as RFC 3339 UTC with a 'Z'.
+"""
+
+from __future__ import annotations
+
+from marshmallow import RAISE, Schema, fields, validate
+
+from casstore.paths import MAX_PATH_BYTES
+
+SHA256_HEX = validate.Regexp(r"^(sha256:)?[0-9a-fA-F]{64}$", error="not a SHA-256 digest")
+NAME = validate.Length(min=1, max=256)
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+class Strict(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+class Time(fields.DateTime):
+    def __init__(self, **kwargs):
+        super().__init__(format=TIME_FORMAT, **kwargs)
+
+
+# ---------------------------------------------------------------- packages
+class PackageCreate(Strict):
+    producer = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    run_id = fields.String(validate=NAME, allow_none=True)
+    target_profile = fields.String(validate=NAME, allow_none=True)
+    assessment_profile = fields.String(validate=NAME, allow_none=True)
+    retention_class = fields.String(validate=validate.Length(min=1, max=64), allow_none=True)
+    metadata = fields.Dict(keys=fields.String(), load_default=dict)
+
+
+class PackageOut(Schema):
+    id = fields.String()
+    status = fields.String()
+    producer = fields.String()
+    run_id = fields.String(allow_none=True)
+    target_profile = fields.String(allow_none=True)
+    assessment_profile = fields.String(allow_none=True)
+    retention_class = fields.String()
+    expires_at = Time(allow_none=True)
+    created_at = Time()
+    finalized_at = Time(allow_none=True)
+    deleted_at = Time(allow_none=True)
+    file_count = fields.Integer()
+    total_bytes = fields.Integer()
+    manifest_digest = fields.String(allow_none=True)
+    metadata = fields.Dict(attribute="producer_metadata")
+
+
+class PackageQuery(Strict):
+    producer = fields.String(validate=NAME)
+    run_id = fields.String(validate=NAME)
+    target_profile = fields.String(validate=NAME)
+    assessment_profile = fields.String(validate=NAME)
+    status = fields.String(validate=validate.OneOf(["created", "uploading", "finalized", "failed", "deleted"]))
+    retention_class = fields.String(validate=NAME)
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
+    cursor = fields.String(validate=validate.Length(max=64))
+
+
+class PackagePage(Schema):
+    items = fields.List(fields.Nested(PackageOut))
+    next_cursor = fields.String(allow_none=True)
+
+
+# ---------------------------------------------------------------- files
+class FileEntryOut(Schema):
+    path = fields.String()
+    sha256 = fields.String(attribute="blob_sha256")
+    size = fields.Integer()
+    media_type = fields.String()
+    created_at = Time()
+
+
+class FileQuery(Strict):
+    limit = fields.Integer(load_default=1000, validate=validate.Range(min=1, max=10000))
+    cursor = fields.String(validate=validate.Length(max=MAX_PATH_BYTES * 4))
+
+
+class FilePage(Schema):
+    items = fields.List(fields.Nested(FileEntryOut))
+    next_cursor = fields.String(allow_none=True)
+
+
+class UploadQuery(Strict):
+    replace = fields.Boolean(load_default=False)
+
+
+class AttachItem(Strict):
+    path = fields.String(required=True)
+    sha256 = fields.String(required=True, validate=SHA256_HEX)
+    media_type = fields.String(validate=validate.Length(min=1, max=255), allow_none=True)
+
+
+class AttachRequest(Strict):
+    files = fields.List(fields.Nested(AttachItem), required=True, validate=validate.Length(min=1, max=10000))
+    replace = fields.Boolean(load_default=False)
+
+
+class AttachResult(Schema):
+    attached = fields.List(fields.Nested(FileEntryOut))
+    missing = fields.List(fields.String(), metadata={"description": "digests the store lacks: upload them"})
+
+
+class TarResult(Schema):
+    added = fields.List(fields.Nested(FileEntryOut))
+
+
+# ---------------------------------------------------------------- blobs
+class MissingRequest(Strict):
+    digests = fields.List(fields.String(validate=SHA256_HEX), required=True,
+                          validate=validate.Length(min=0, max=10000))
+
+
+class MissingResult(Schema):
+    missing = fields.List(fields.String())
+
+
+# ---------------------------------------------------------------- health
+class HealthOut(Schema):
+    status = fields.String()
+    database = fields.Dict()
+    storage = fields.Dict()

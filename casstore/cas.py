@@ -1,0 +1,233 @@
+"""The content-addressed blob store: the one fixed write sequence.
+
+Writing a blob always goes the same way (as distribution's blob writer):
+
+1. ``stage``:   stream the bytes to a staging key while hashing (SHA-256 +
+                BLAKE3 + size); small bodies (<= SMALL_BLOB) stay in memory
+                and need no staging object.
+2. ``check``:   compare with the digest the client announced, if any;
+                a mismatch deletes the staging object and raises.
+3. ``place``:   make the final key hold the bytes without overwriting
+                (copy_if_absent / put_if_absent); "already exists" is success,
+                since the key is the content's own hash.
+4. ``claim``:   in the caller's write transaction, under the blob row's lock,
+                make the row 'present' (inserting it if new) after checking
+                that the object really is at its final key, and placing it
+                again if not (gc may have removed it meanwhile, or a disk may
+                have lost it: the next upload of the same bytes repairs it).
+                The row is recorded last.
+5. ``discard``: delete the staging object, on success and on failure alike.
+
+Why the check under the lock: gc deletes an object only while holding the
+same row lock with the row in state 'deleting' and refcount 0. So whoever
+commits a 'present' row after looking at the object under that lock knows
+the object is there, whatever ran concurrently (the GitLab registry's
+online-gc design; see design/LESSONS.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from sqlalchemy import bindparam, select, update
+from sqlmodel import Session
+
+from . import layout
+from .db import Database
+from .digests import Digests, Hasher
+from .errors import DigestMismatch, ObjectMissing
+from .models import Blob, StorageLocation, utcnow
+from .storage import Storage
+
+SMALL_BLOB = 1 << 20
+CHUNK = 1 << 20
+
+
+@dataclass
+class StagedBlob:
+    """Bytes whose digests are known, waiting to be claimed."""
+
+    digests: Digests
+    staging_key: str | None = None  # large blobs: where the bytes wait
+    data: bytes | None = None  # small blobs: the bytes themselves
+
+    @property
+    def sha256(self) -> str:
+        return self.digests.sha256
+
+    @property
+    def size(self) -> int:
+        return self.digests.size
+
+
+def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    yield first
+    yield from rest
+
+
+def _hashed(chunks: Iterable[bytes], hasher: Hasher) -> Iterator[bytes]:
+    for chunk in chunks:
+        if chunk:
+            hasher.update(chunk)
+            yield chunk
+
+
+def _read_upto(chunks: Iterator[bytes], limit: int) -> tuple[bytes, bool]:
+    """Read from ``chunks`` until more than ``limit`` bytes or the end; (bytes, ended)."""
+    parts, size = [], 0
+    for chunk in chunks:
+        parts.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return b"".join(parts), False
+    return b"".join(parts), True
+
+
+class BlobStore:
+    """Blobs on a storage backend, and their rows in the registry."""
+
+    def __init__(self, storage: Storage, db: Database) -> None:
+        self.storage = storage
+        self.db = db
+
+    # 1 + 2: stage and check -------------------------------------------------
+    def stage(self, chunks: Iterable[bytes], expected_sha256: str | None = None,
+              small_limit: int | None = None) -> StagedBlob:
+        """Take in a stream of bytes, hashing as it goes; raise DigestMismatch on a wrong digest.
+
+        Bodies of at most ``small_limit`` bytes (default SMALL_BLOB) stay in memory.
+        """
+        it = iter(chunks)
+        head, ended = _read_upto(it, SMALL_BLOB if small_limit is None else small_limit)
+        if ended:
+            hasher = Hasher()
+            hasher.update(head)
+            staged = StagedBlob(hasher.result(), data=head)
+        else:
+            staged = self._stage_large(_prepend(head, it))
+        if expected_sha256 is not None and staged.sha256 != expected_sha256:
+            self.discard(staged)
+            raise DigestMismatch(
+                f"received bytes hash to sha256:{staged.sha256}, not the sha256:{expected_sha256} announced",
+                received_sha256=staged.sha256, expected_sha256=expected_sha256)
+        return staged
+
+    def stage_bytes(self, data: bytes) -> StagedBlob:
+        """Stage a small buffer the server made itself (a manifest)."""
+        hasher = Hasher()
+        hasher.update(data)
+        return StagedBlob(hasher.result(), data=data)
+
+    def _stage_large(self, chunks: Iterator[bytes]) -> StagedBlob:
+        key = layout.new_staging_key()
+        hasher = Hasher()
+        try:
+            self.storage.put_stream(key, _hashed(chunks, hasher))
+        except BaseException:
+            self.storage.delete(key)
+            raise
+        return StagedBlob(hasher.result(), staging_key=key)
+
+    # 3: place ------------------------------------------------------------------
+    def place(self, staged: StagedBlob) -> None:
+        """Put the bytes at their final key unless something is there already."""
+        final = layout.blob_key(staged.sha256)
+        if staged.data is not None:
+            self.storage.put_if_absent(final, staged.data)
+        else:
+            self.storage.copy_if_absent(staged.staging_key, final)
+
+    def _ensure_placed(self, staged: StagedBlob) -> None:
+        final = layout.blob_key(staged.sha256)
+        info = self.storage.head(final)
+        if info is not None and info.size == staged.size:
+            return
+        if info is not None:
+            # Wrong size at a content key: damaged. Replace it with the bytes we hold.
+            self.storage.delete(final)
+        self.place(staged)
+        info = self.storage.head(final)
+        if info is None or info.size != staged.size:
+            raise ObjectMissing(f"could not place blob sha256:{staged.sha256}")
+
+    # 4: claim (inside the caller's write transaction) ---------------------------
+    def claim(self, session: Session, staged: list[StagedBlob], also_lock: Iterable[str] = ()) -> dict[str, Blob]:
+        """Record every staged blob as 'present', under row locks, after checking its object.
+
+        ``also_lock`` names other blob rows the caller will change (for example
+        the old blobs of replaced entries): all rows are locked in one pass in
+        digest order, so two transactions can never wait on each other.
+        Returns every locked row by digest.
+        """
+        by_digest = {s.sha256: s for s in staged}
+        if by_digest:
+            self._insert_missing_rows(session, [by_digest[d] for d in sorted(by_digest)])
+        rows = self.lock_rows(session, sorted(set(by_digest) | set(also_lock)))
+        now = utcnow()
+        for row in rows:
+            if row.sha256 not in by_digest:
+                continue
+            self._ensure_placed(by_digest[row.sha256])
+            if row.state != "present":
+                row.state = "present"
+                row.created_at = now
+                session.add(row)
+        session.flush()
+        return {row.sha256: row for row in rows}
+
+    def _insert_missing_rows(self, session: Session, staged: list[StagedBlob]) -> None:
+        dialect = session.get_bind().dialect.name
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        now = utcnow()
+        session.execute(insert(Blob).values([
+            dict(sha256=s.sha256, size=s.size, blake3=s.digests.blake3, refcount=0,
+                 state="present", created_at=now) for s in staged
+        ]).on_conflict_do_nothing())
+        backend = self.storage.backend
+        session.execute(insert(StorageLocation).values([
+            dict(blob_sha256=s.sha256, backend=backend, object_key=layout.blob_key(s.sha256),
+                 offset=0, length=s.size) for s in staged
+        ]).on_conflict_do_nothing())
+
+    def lock_rows(self, session: Session, digests: list[str], present_only: bool = False) -> list[Blob]:
+        """Lock blob rows in digest order (a fixed order: no deadlocks between batches)."""
+        rows: list[Blob] = []
+        for i in range(0, len(digests), 500):
+            stmt = select(Blob).where(Blob.sha256.in_(digests[i:i + 500]))
+            if present_only:
+                stmt = stmt.where(Blob.state == "present")
+            rows.extend(session.scalars(self.db.for_update(stmt.order_by(Blob.sha256))))
+        return rows
+
+    def add_refs(self, session: Session, counts: dict[str, int]) -> None:
+        """Change reference counts by the given amounts (rows must already be locked)."""
+        params = [{"d": d, "n": n} for d, n in sorted(counts.items()) if n]
+        if params:
+            stmt = (update(Blob.__table__).where(Blob.__table__.c.sha256 == bindparam("d"))
+                    .values(refcount=Blob.__table__.c.refcount + bindparam("n")))
+            session.connection().execute(stmt, params)
+
+    # 5: discard ------------------------------------------------------------------
+    def discard(self, staged: StagedBlob) -> None:
+        """Remove the staging object, if any; safe to call twice."""
+        if staged.staging_key is not None:
+            self.storage.delete(staged.staging_key)
+            staged.staging_key = None
+
+    # reading -----------------------------------------------------------------------
+    def missing(self, session: Session, digests: list[str]) -> list[str]:
+        """Which of these digests the store cannot serve: asked of the database, fresh, every time."""
+        present: set[str] = set()
+        for i in range(0, len(digests), 500):
+            chunk = digests[i:i + 500]
+            present.update(session.scalars(
+                select(Blob.sha256).where(Blob.sha256.in_(chunk), Blob.state == "present")))
+        return [d for d in digests if d not in present]
+
+    def open(self, sha256: str, start: int | None = None, end: int | None = None) -> Iterator[bytes]:
+        """Stream a blob's bytes, or the range [start, end)."""
+        return self.storage.get(layout.blob_key(sha256), start, end)

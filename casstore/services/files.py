@@ -1,0 +1,273 @@
+"""File entries: upload bytes, attach known blobs by reference, download.
+
+Every way of adding files ends in ``_commit``: one write transaction that
+locks the package, then every blob row involved in digest order, records the
+blobs, adds or replaces the entries, moves reference counts, updates the
+package's totals and writes one audit event. A batch of 1,500 files is one
+transaction, not 1,500.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import tarfile
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import IO
+
+from sqlalchemy import select
+from sqlmodel import Session
+
+from ..cas import CHUNK, BlobStore, StagedBlob
+from ..db import Database
+from ..digests import parse_sha256
+from ..errors import Gone, InvalidInput, InvalidPath, NotFound, PathExists, RangeNotSatisfiable
+from ..models import Blob, FileEntry, Package, utcnow
+from ..paths import validate_path
+from . import audit
+from .packages import Page, load_open_package, load_package, require_open
+
+DEFAULT_MEDIA_TYPE = "application/octet-stream"
+MAX_BATCH_FILES = 10_000
+BATCH_MEMORY = 64 << 20
+PAX_SHA256 = "ARTIFACT_STORE.sha256"
+PAX_MEDIA_TYPE = "ARTIFACT_STORE.media_type"
+
+
+def guess_media_type(path: str) -> str:
+    kind, _ = mimetypes.guess_type(path, strict=False)
+    return kind or DEFAULT_MEDIA_TYPE
+
+
+@dataclass
+class NewEntry:
+    """A file entry about to be added: where, what bytes, which media type."""
+
+    path: str
+    sha256: str
+    size: int
+    media_type: str
+
+
+@dataclass
+class Download:
+    """What a download answers with: the entry, the byte range, and the bytes."""
+
+    entry: FileEntry
+    blake3: str
+    start: int
+    end: int  # exclusive
+    chunks: Iterator[bytes]
+
+
+class FileService:
+    def __init__(self, db: Database, blobs: BlobStore) -> None:
+        self.db = db
+        self.blobs = blobs
+
+    # ------------------------------------------------------------------ upload
+    def check_writable(self, package_id: str, paths: list[str], replace: bool) -> None:
+        """Refuse early, before any byte is read: unknown or closed package, or a taken path."""
+        with self.db.read() as session:
+            package = load_package(session, package_id)
+            require_open(package)
+            _existing_or_refuse(session, package_id, paths, replace)
+
+    def put(self, package_id: str, path: str, chunks: Iterable[bytes], *, actor: str,
+            media_type: str | None = None, expected_sha256: str | None = None,
+            replace: bool = False) -> FileEntry:
+        """Stream one file's bytes in and add it at ``path``."""
+        validate_path(path)
+        self.check_writable(package_id, [path], replace)
+        staged = self.blobs.stage(chunks, expected_sha256)
+        try:
+            self.blobs.place(staged)
+            entry = NewEntry(path, staged.sha256, staged.size, media_type or guess_media_type(path))
+            return self._commit(package_id, [entry], [staged], replace, actor, "package.file_uploaded")[0]
+        finally:
+            self.blobs.discard(staged)
+
+    def put_tar(self, package_id: str, stream: IO[bytes], *, actor: str, replace: bool = False) -> list[FileEntry]:
+        """Add every regular file of an uncompressed tar stream, in one transaction.
+
+        Member names are logical paths. A PAX header ``ARTIFACT_STORE.sha256``
+        is checked like Content-Digest; ``ARTIFACT_STORE.media_type`` sets the
+        media type. Directories are skipped; links and devices are refused.
+        """
+        self.check_writable(package_id, [], replace)
+        staged: list[StagedBlob] = []
+        entries: list[NewEntry] = []
+        try:
+            in_memory = 0
+            with _open_tar(stream) as tar:
+                for member in tar:
+                    if member.isdir():
+                        continue
+                    path = _tar_member_path(member)
+                    if len(entries) >= MAX_BATCH_FILES:
+                        raise InvalidInput(f"a batch holds at most {MAX_BATCH_FILES} files")
+                    expected = member.pax_headers.get(PAX_SHA256)
+                    blob = self.blobs.stage(_member_chunks(tar, member),
+                                            parse_sha256(expected) if expected else None,
+                                            small_limit=None if in_memory < BATCH_MEMORY else 0)
+                    staged.append(blob)
+                    in_memory += len(blob.data or b"")
+                    media = member.pax_headers.get(PAX_MEDIA_TYPE) or guess_media_type(path)
+                    entries.append(NewEntry(path, blob.sha256, blob.size, media))
+            _refuse_duplicate_paths([e.path for e in entries])
+            for blob in staged:
+                self.blobs.place(blob)
+            return self._commit(package_id, entries, staged, replace, actor, "package.files_uploaded")
+        finally:
+            for blob in staged:
+                self.blobs.discard(blob)
+
+    def attach(self, package_id: str, items: list[dict], *, actor: str,
+               replace: bool = False) -> tuple[list[FileEntry], list[str]]:
+        """Add entries for blobs the store already holds; returns (attached, missing digests)."""
+        wanted = [(validate_path(i["path"]), parse_sha256(i["sha256"]), i.get("media_type")) for i in items]
+        _refuse_duplicate_paths([p for p, _, _ in wanted])
+        self.check_writable(package_id, [p for p, _, _ in wanted], replace)
+        with self.db.write() as session:
+            package = load_open_package(session, self.db, package_id)
+            existing = _existing_or_refuse(session, package.id, [p for p, _, _ in wanted], replace)
+            rows = self.blobs.claim(session, [], also_lock={d for _, d, _ in wanted}
+                                    | {e.blob_sha256 for e in existing.values()})
+            present = {d: r for d, r in rows.items() if r.state == "present"}
+            new = [NewEntry(p, d, present[d].size, m or guess_media_type(p)) for p, d, m in wanted if d in present]
+            missing = sorted({d for _, d, _ in wanted if d not in present})
+            existing = {p: e for p, e in existing.items() if p in {n.path for n in new}}
+            added = self._apply(session, package, new, existing, actor, "package.files_attached") if new else []
+        return added, missing
+
+    def _commit(self, package_id: str, entries: list[NewEntry], staged: list[StagedBlob],
+                replace: bool, actor: str, action: str) -> list[FileEntry]:
+        with self.db.write() as session:
+            package = load_open_package(session, self.db, package_id)
+            existing = _existing_or_refuse(session, package.id, [e.path for e in entries], replace)
+            self.blobs.claim(session, staged, also_lock={e.blob_sha256 for e in existing.values()})
+            return self._apply(session, package, entries, existing, actor, action)
+
+    def _apply(self, session: Session, package: Package, entries: list[NewEntry],
+               existing: dict[str, FileEntry], actor: str, action: str) -> list[FileEntry]:
+        """Add or replace entries; every blob row involved must be locked, the new ones present."""
+        refs: Counter[str] = Counter()
+        now = utcnow()
+        added = []
+        for new in entries:
+            entry = existing.get(new.path)
+            if entry is not None:
+                refs[entry.blob_sha256] -= 1
+                package.total_bytes -= entry.size
+                entry.blob_sha256, entry.size, entry.media_type, entry.created_at = (
+                    new.sha256, new.size, new.media_type, now)
+            else:
+                entry = FileEntry(package_id=package.id, path=new.path, blob_sha256=new.sha256,
+                                  size=new.size, media_type=new.media_type, created_at=now)
+                package.file_count += 1
+            session.add(entry)
+            refs[new.sha256] += 1
+            package.total_bytes += new.size
+            added.append(entry)
+        self.blobs.add_refs(session, refs)
+        package.status = "uploading"
+        session.add(package)
+        audit.record(session, actor, action, package_id=package.id, count=len(entries),
+                     bytes=sum(e.size for e in entries), replaced=sorted(existing),
+                     files=[{"path": e.path, "sha256": e.sha256, "size": e.size} for e in entries[:1000]])
+        session.flush()
+        return added
+
+    # ------------------------------------------------------------------ read
+    def list(self, package_id: str, *, cursor: str | None = None, limit: int = 1000) -> Page:
+        """A package's entries in path order, ``limit`` at a time."""
+        with self.db.read() as session:
+            load_package(session, package_id)
+            stmt = select(FileEntry).where(FileEntry.package_id == package_id)
+            if cursor:
+                stmt = stmt.where(FileEntry.path > cursor)
+            rows = list(session.scalars(stmt.order_by(FileEntry.path).limit(limit + 1)))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return Page(rows, rows[-1].path if more and rows else None)
+
+    def download(self, package_id: str, path: str, byte_range: tuple[int, int | None] | None = None,
+                 *, body: bool = True) -> Download:
+        """Open a file for reading, whole or the byte range (start, stop exclusive or None)."""
+        validate_path(path)
+        with self.db.read() as session:
+            package = load_package(session, package_id)
+            if package.status == "deleted":
+                raise Gone(f"package {package_id} was deleted", package_id=package_id)
+            entry = session.get(FileEntry, (package_id, path))
+            if entry is None:
+                raise NotFound(f"no file {path!r} in package {package_id}", package_id=package_id, path=path)
+            blake3 = session.get(Blob, entry.blob_sha256).blake3
+        start, end = _resolve_range(byte_range, entry.size)
+        chunks = self.blobs.open(entry.blob_sha256, start, end) if body and end > start else iter(())
+        return Download(entry, blake3, start, end, chunks)
+
+
+def _existing(session: Session, package_id: str, paths: list[str]) -> dict[str, FileEntry]:
+    found: dict[str, FileEntry] = {}
+    for i in range(0, len(paths), 500):
+        found.update((e.path, e) for e in session.scalars(select(FileEntry).where(
+            FileEntry.package_id == package_id, FileEntry.path.in_(paths[i:i + 500]))))
+    return found
+
+
+def _existing_or_refuse(session: Session, package_id: str, paths: list[str], replace: bool) -> dict[str, FileEntry]:
+    """The entries already at these paths; PathExists if there are any and replace was not asked."""
+    taken = _existing(session, package_id, paths)
+    if taken and not replace:
+        raise PathExists(f"{len(taken)} path(s) already in package {package_id}", paths=sorted(taken)[:100])
+    return taken
+
+
+def _refuse_duplicate_paths(paths: list[str]) -> None:
+    dupes = sorted(p for p, n in Counter(paths).items() if n > 1)
+    if dupes:
+        raise InvalidInput(f"{len(dupes)} path(s) appear twice in one request", paths=dupes[:100])
+
+
+def _resolve_range(byte_range: tuple[int, int | None] | None, size: int) -> tuple[int, int]:
+    """[start, end) to serve for an HTTP byte range given as (start, stop exclusive or None).
+
+    A negative start is a suffix range (the last -start bytes).
+    """
+    if byte_range is None:
+        return 0, size
+    start, stop = byte_range
+    if start < 0:
+        if size == 0:
+            raise RangeNotSatisfiable("a suffix range of an empty file is not satisfiable", size=size)
+        return max(size + start, 0), size
+    if start >= size:
+        raise RangeNotSatisfiable(f"range starts at byte {start} but the file has {size} bytes", size=size)
+    return start, size if stop is None else min(stop, size)
+
+
+def _open_tar(stream: IO[bytes]) -> tarfile.TarFile:
+    try:
+        return tarfile.open(fileobj=stream, mode="r|", bufsize=CHUNK)
+    except tarfile.TarError as exc:
+        raise InvalidInput(f"the body is not an uncompressed tar stream: {exc}") from exc
+
+
+def _tar_member_path(member: tarfile.TarInfo) -> str:
+    if not member.isfile():
+        raise InvalidInput(f"tar member {member.name[:200]!r} is not a regular file or folder")
+    try:
+        return validate_path(member.name)
+    except InvalidPath as exc:
+        raise InvalidPath(f"tar member {member.name[:200]!r}: {exc.detail}") from exc
+
+
+def _member_chunks(tar: tarfile.TarFile, member: tarfile.TarInfo) -> Iterator[bytes]:
+    reader = tar.extractfile(member)
+    try:
+        while chunk := reader.read(CHUNK):
+            yield chunk
+    except tarfile.TarError as exc:
+        raise InvalidInput(f"truncated tar member {member.name[:200]!r}") from exc

@@ -1,0 +1,52 @@
+"""Health: is the database answering, and can the backend write, read and delete?"""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import text
+
+from .. import layout
+from ..db import Database
+from ..storage import Storage
+
+PROBE = b"artifact-store health probe\n"
+
+
+def _timed(check) -> dict:
+    started = time.perf_counter()
+    try:
+        detail = check() or {}
+        status = "ok"
+    except Exception as exc:  # health reports every failure instead of raising it
+        detail = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+        status = "down"
+    return {"status": status, "latency_ms": round((time.perf_counter() - started) * 1000, 2), **detail}
+
+
+class HealthService:
+    def __init__(self, db: Database, storage: Storage) -> None:
+        self.db = db
+        self.storage = storage
+
+    def check(self) -> dict:
+        """{status, database, storage}; status is 'ok' only when both are."""
+        database = _timed(self._database)
+        storage = _timed(self._storage)
+        ok = database["status"] == "ok" and storage["status"] == "ok"
+        return {"status": "ok" if ok else "down", "database": database, "storage": storage}
+
+    def _database(self) -> dict:
+        with self.db.read() as session:
+            session.execute(text("SELECT 1"))
+        return {"dialect": self.db.engine.dialect.name}
+
+    def _storage(self) -> dict:
+        key = layout.new_health_key()
+        try:
+            self.storage.put_stream(key, [PROBE])
+            if b"".join(self.storage.get(key)) != PROBE:
+                raise RuntimeError("probe object read back different bytes")
+        finally:
+            self.storage.delete(key)
+        return {"backend": self.storage.backend}

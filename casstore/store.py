@@ -1,0 +1,34 @@
+"""The Store: one object that wires settings to the database, the backend and the services.
+
+The API and the CLI build one Store and call its services; nothing else
+opens a database or a backend.
+"""
+
+from __future__ import annotations
+
+from .cas import BlobStore
+from .config import Settings
+from .db import Database
+from .services.files import FileService
+from .services.health import HealthService
+from .services.packages import PackageService
+from .storage import Storage, open_storage
+
+
+class Store:
+    def __init__(self, settings: Settings, storage: Storage | None = None, db: Database | None = None) -> None:
+        self.settings = settings
+        self.db = db or Database(settings.database_url)
+        self.storage = storage or open_storage(settings.storage_url, **settings.storage_options)
+        self.blobs = BlobStore(self.storage, self.db)
+        self.packages = PackageService(self.db, self.blobs, settings.default_retention_class)
+        self.files = FileService(self.db, self.blobs)
+        self.health = HealthService(self.db, self.storage)
+
+    def missing_blobs(self, digests: list[str]) -> list[str]:
+        """Which digests the store lacks (answered by the database, fresh)."""
+        with self.db.read() as session:
+            return self.blobs.missing(session, digests)
+
+    def close(self) -> None:
+        self.db.dispose()

@@ -37,6 +37,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         OPENAPI_REDOC_URL="https://cdn.jsdelivr.net/npm/redoc/bundles/redoc.standalone.js",
         MAX_FORM_MEMORY_SIZE=1 << 20,
     )
+    app.json.sort_keys = False  # producer metadata comes back in the order it was given
     app.url_map.merge_slashes = False  # 'a//b' must reach validation, not be rewritten
     app.url_map.converters["anypath"] = AnyPathConverter
     app.extensions["casstore"] = store or Store(settings)

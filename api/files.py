@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Response, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
+from marshmallow import RAISE
 
 from casstore.digests import content_digest_header, parse_content_digest, parse_sha256
 from casstore.errors import InvalidDigest
@@ -46,7 +47,7 @@ def media_type() -> str | None:
 
 @blp.route("/<string:package_id>/files")
 class Files(MethodView):
-    @blp.arguments(FileQuery, location="query")
+    @blp.arguments(FileQuery, location="query", unknown=RAISE)
     @blp.response(200, FilePage)
     def get(self, query, package_id):
         """A package's files in path order."""
@@ -66,7 +67,7 @@ class Attach(MethodView):
 
 @blp.route("/<string:package_id>/tar")
 class TarUpload(MethodView):
-    @blp.arguments(UploadQuery, location="query")
+    @blp.arguments(UploadQuery, location="query", unknown=RAISE)
     @blp.response(201, TarResult)
     @blp.doc(requestBody={"content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}}})
     def post(self, query, package_id):
@@ -78,7 +79,7 @@ class TarUpload(MethodView):
 
 @blp.route("/<string:package_id>/files/<anypath:logical_path>")
 class FileItem(MethodView):
-    @blp.arguments(UploadQuery, location="query")
+    @blp.arguments(UploadQuery, location="query", unknown=RAISE)
     @blp.response(201, FileEntryOut)
     @blp.doc(requestBody={"content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}})
     def put(self, query, package_id, logical_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Response
 from flask.views import MethodView
 from flask_smorest import Blueprint
+from marshmallow import RAISE
 
 from . import context
 from .schemas import PackageCreate, PackageOut, PackagePage, PackageQuery
@@ -14,7 +15,7 @@ blp = Blueprint("packages", __name__, url_prefix="/v1/packages", description="Pa
 
 @blp.route("")
 class Packages(MethodView):
-    @blp.arguments(PackageQuery, location="query")
+    @blp.arguments(PackageQuery, location="query", unknown=RAISE)
     @blp.response(200, PackagePage)
     def get(self, query):
         """List packages, newest first, filtered by any query field."""

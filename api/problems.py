@@ -31,8 +31,9 @@ STATUS = (
 )
 
 
-def problem(status: int, title: str, detail: str, headers: dict | None = None, **extra) -> Response:
-    body = {"type": "about:blank", "status": status, "title": title, "detail": detail, **extra}
+def problem(status: int, title: str, detail: str, headers: dict | None = None, extra: dict | None = None) -> Response:
+    """An RFC 9457 answer; ``extra`` members never override the standard ones."""
+    body = {**(extra or {}), "type": "about:blank", "status": status, "title": title, "detail": detail}
     return Response(json.dumps(body, default=str), status=status, headers=headers, mimetype=PROBLEM_JSON)
 
 
@@ -50,7 +51,7 @@ def handle_casstore_error(exc: errors.CasstoreError) -> Response:
     headers = {}
     if isinstance(exc, errors.RangeNotSatisfiable) and "size" in exc.extra:
         headers["Content-Range"] = f"bytes */{exc.extra['size']}"
-    return problem(status, exc.title, exc.detail, headers=headers, **exc.extra)
+    return problem(status, exc.title, exc.detail, headers=headers, extra=exc.extra)
 
 
 class ProblemApi(Api):
@@ -69,7 +70,7 @@ class ProblemApi(Api):
         detail = data.get("message") or error.description or error.name
         if extra.get("errors"):
             detail = "the request failed validation: " + json.dumps(extra["errors"], default=str)[:500]
-        return problem(error.code or 500, error.name, detail, headers=headers, **extra)
+        return problem(error.code or 500, error.name, detail, headers=headers, extra=extra)
 
 
 def register(app) -> None:

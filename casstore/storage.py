@@ -128,7 +128,9 @@ class ObjectStorage:
     def _chunks(key: str, result) -> Iterator[bytes]:
         with _mapped(key):
             for chunk in result.stream(min_chunk_size=READ_CHUNK):
-                yield bytes(chunk)
+                view = memoryview(chunk)
+                for i in range(0, len(view), 4 * READ_CHUNK):
+                    yield bytes(view[i:i + 4 * READ_CHUNK])
 
     def head(self, key: str) -> ObjectInfo | None:
         """Size and age of an object, or None if it is not there."""

@@ -54,7 +54,7 @@ def require_open(package: Package) -> None:
         raise Gone(f"package {package.id} was deleted", package_id=package.id)
     if package.status not in OPEN_STATUSES:
         raise PackageImmutable(f"package {package.id} is {package.status}; it no longer accepts changes",
-                               package_id=package.id, status=package.status)
+                               package_id=package.id, package_status=package.status)
 
 
 def load_open_package(session: Session, db: Database, package_id: str) -> Package:
@@ -108,7 +108,7 @@ class PackageService:
         if existing is not None:
             raise DuplicateRun(
                 f"producer {producer!r} already registered run {run_id!r} as {existing.id} ({existing.status})",
-                package_id=existing.id, status=existing.status)
+                package_id=existing.id, package_status=existing.status)
 
     def get(self, package_id: str) -> Package:
         with self.db.read() as session:
@@ -173,7 +173,7 @@ class PackageService:
             package = load_package(session, package_id)
             if package.manifest_digest is None:
                 raise NotFound(f"package {package_id} is {package.status}: it has no manifest until finalized",
-                               package_id=package_id, status=package.status)
+                               package_id=package_id, package_status=package.status)
             digest = package.manifest_digest.removeprefix("sha256:")
             blob = session.get(Blob, digest)
         return digest, blob.size, self.blobs.open(digest)

@@ -18,7 +18,7 @@ from . import blobs, files, health, packages, problems
 class AnyPathConverter(PathConverter):
     """Like ``path`` but also matches '' and a leading '/', so bad paths get a 422, not a 404."""
 
-    regex = ".*"
+    regex = r"[\s\S]*"  # '.' would stop at a newline; those must reach validation too
     part_isolating = False  # werkzeug would infer True from a regex without '/'
 
 

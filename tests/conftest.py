@@ -7,6 +7,7 @@ names a PostgreSQL server; then every test gets a database of its own on it.
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import uuid
 from pathlib import Path
@@ -14,26 +15,57 @@ from pathlib import Path
 import pytest
 import requests
 from sqlalchemy import create_engine, text
-from werkzeug.serving import make_server
+from werkzeug.serving import WSGIRequestHandler, make_server
 
 from api import create_app
 from casstore.config import Settings
+from casstore.db import Database
 from casstore.store import Store
 
 PG_URL = os.environ.get("ARTIFACT_STORE_TEST_DATABASE_URL", "")
 EXAMPLE_RUN = Path(__file__).resolve().parents[2] / "shared" / "guide-board" / "example-cmis-pilot-run"
 
 
-@pytest.fixture
-def database_url(tmp_path):
+def _pg_url(name: str) -> str:
+    return PG_URL.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture(scope="session")
+def migrated_template(tmp_path_factory):
+    """A database migrated once by Alembic; each test starts from a copy of it."""
     if not PG_URL:
-        yield f"sqlite:///{tmp_path / 'registry.db'}"
+        path = tmp_path_factory.mktemp("template") / "registry.db"
+        db = Database(f"sqlite:///{path}")
+        db.upgrade()
+        db.dispose()
+        yield path
+        return
+    name = f"tpl_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    db = Database(_pg_url(name))
+    db.upgrade()
+    db.dispose()
+    yield name
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def database_url(tmp_path, migrated_template):
+    """A fresh, already migrated database for one test (Alembic is still what made it)."""
+    if not PG_URL:
+        path = tmp_path / "registry.db"
+        shutil.copyfile(migrated_template, path)
+        yield f"sqlite:///{path}"
         return
     name = f"t_{uuid.uuid4().hex[:12]}"
     admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    yield PG_URL.rsplit("/", 1)[0] + "/" + name
+        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{migrated_template}"'))
+    yield _pg_url(name)
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
@@ -50,9 +82,24 @@ def settings(tmp_path, database_url):
 @pytest.fixture
 def store(settings):
     s = Store(settings)
-    s.db.upgrade()
     yield s
     s.close()
+
+
+class RawPathHandler(WSGIRequestHandler):
+    """Werkzeug's dev server, but PATH_INFO carries the raw percent-decoded bytes as gunicorn's does.
+
+    The dev server decodes the path as UTF-8 with replacement characters before
+    the app sees it; gunicorn (what ``artifact-store serve`` runs) does not, and
+    the app relies on that to refuse paths that are not UTF-8.
+    """
+
+    def make_environ(self):
+        from urllib.parse import unquote_to_bytes, urlsplit
+
+        environ = super().make_environ()
+        environ["PATH_INFO"] = unquote_to_bytes(urlsplit(self.path).path).decode("latin-1")
+        return environ
 
 
 class LiveServer:
@@ -61,9 +108,11 @@ class LiveServer:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.app = create_app(store=store)
-        self.server = make_server("127.0.0.1", 0, self.app, threaded=True)
+        self.server = make_server("127.0.0.1", 0, self.app, threaded=True,
+                                  request_handler=RawPathHandler)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
         self.thread.start()
         self.http = requests.Session()
 

@@ -1,5 +1,6 @@
 """The schema exists only through Alembic, and the migrated schema equals the models."""
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
@@ -9,7 +10,30 @@ from casstore import models  # noqa: F401
 from casstore.db import Database
 
 
-def test_migrated_schema_equals_models(database_url):
+@pytest.fixture
+def empty_database_url(tmp_path):
+    """A database no migration has touched yet (SQLite; the PostgreSQL run uses its own fresh one)."""
+    from tests.conftest import PG_URL
+
+    if PG_URL:
+        import uuid
+
+        from sqlalchemy import create_engine
+
+        name = f"m_{uuid.uuid4().hex[:12]}"
+        admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        yield PG_URL.rsplit("/", 1)[0] + "/" + name
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+        return
+    yield f"sqlite:///{tmp_path / 'fresh.db'}"
+
+
+def test_migrated_schema_equals_models(empty_database_url):
+    database_url = empty_database_url
     db = Database(database_url)
     db.upgrade()
     with db.engine.connect() as conn:
@@ -18,7 +42,8 @@ def test_migrated_schema_equals_models(database_url):
     assert diff == []
 
 
-def test_upgrade_is_idempotent_and_seeds_retention_classes(database_url):
+def test_upgrade_is_idempotent_and_seeds_retention_classes(empty_database_url):
+    database_url = empty_database_url
     db = Database(database_url)
     db.upgrade()
     db.upgrade()

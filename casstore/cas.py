@@ -30,7 +30,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, select, update
+import logging
+
+from sqlalchemy import bindparam, delete, select, update
 from sqlmodel import Session
 
 from . import layout
@@ -38,7 +40,10 @@ from .db import Database
 from .digests import Digests, Hasher
 from .errors import DigestMismatch, ObjectMissing
 from .models import Blob, StorageLocation, utcnow
+from .services import audit
 from .storage import Storage
+
+log = logging.getLogger(__name__)
 
 SMALL_BLOB = 1 << 20
 CHUNK = 1 << 20
@@ -130,13 +135,12 @@ class BlobStore:
         return StagedBlob(hasher.result(), staging_key=key)
 
     # 3: place ------------------------------------------------------------------
-    def place(self, staged: StagedBlob) -> None:
-        """Put the bytes at their final key unless something is there already."""
+    def place(self, staged: StagedBlob) -> bool:
+        """Put the bytes at their final key unless something is there already; True if we put them."""
         final = layout.blob_key(staged.sha256)
         if staged.data is not None:
-            self.storage.put_if_absent(final, staged.data)
-        else:
-            self.storage.copy_if_absent(staged.staging_key, final)
+            return self.storage.put_if_absent(final, staged.data)
+        return self.storage.copy_if_absent(staged.staging_key, final)
 
     def _ensure_placed(self, staged: StagedBlob) -> None:
         final = layout.blob_key(staged.sha256)
@@ -169,9 +173,9 @@ class BlobStore:
             if row.sha256 not in by_digest:
                 continue
             self._ensure_placed(by_digest[row.sha256])
-            if row.state != "present":
-                row.state = "present"
-                row.created_at = now
+            if row.state != "present":  # new, or taken back from a gc that had claimed it
+                blob = by_digest[row.sha256]
+                row.state, row.size, row.blake3, row.created_at = "present", blob.size, blob.digests.blake3, now
                 session.add(row)
         session.flush()
         return {row.sha256: row for row in rows}
@@ -210,6 +214,51 @@ class BlobStore:
             stmt = (update(Blob.__table__).where(Blob.__table__.c.sha256 == bindparam("d"))
                     .values(refcount=Blob.__table__.c.refcount + bindparam("n")))
             session.connection().execute(stmt, params)
+
+    # collecting (gc, and undoing a placement whose commit failed) ---------------
+    def collect(self, sha256: str, actor: str, *, audited: bool = True) -> int | None:
+        """Remove a blob's object if no live reference holds it; returns the bytes freed, or None.
+
+        Two transactions, so that a crash between them is safe:
+        A) under the row lock, mark the row 'deleting' (inserting one for an
+           object no row knows); from then on attach refuses the blob and an
+           upload of the same bytes takes the row back;
+        B) under the row lock again, if it is still 'deleting' with no
+           references, delete the object, then the row. A crash after the
+           object is gone leaves a 'deleting' row, which the next collect or
+           upload settles.
+        """
+        with self.db.write() as session:
+            rows = self.lock_rows(session, [sha256])
+            if not rows:
+                info = self.storage.head(layout.blob_key(sha256))
+                if info is None:
+                    return None
+                session.add(Blob(sha256=sha256, size=info.size, blake3="", refcount=0, state="deleting"))
+            elif rows[0].refcount > 0:
+                return None
+            else:
+                rows[0].state = "deleting"
+                session.add(rows[0])
+        with self.db.write() as session:
+            rows = self.lock_rows(session, [sha256])
+            if not rows or rows[0].state != "deleting" or rows[0].refcount != 0:
+                return None
+            size = rows[0].size
+            self.storage.delete(layout.blob_key(sha256))
+            session.execute(delete(StorageLocation).where(StorageLocation.blob_sha256 == sha256))
+            session.delete(rows[0])
+            if audited:
+                audit.record(session, actor, "blob.collected", subject=f"sha256:{sha256}", size=size)
+            return size
+
+    def undo_place(self, staged: StagedBlob, actor: str) -> None:
+        """After a failed commit, take back an object this upload put in place (best effort)."""
+        try:
+            # never committed, so nothing to audit: the store is as before the request
+            self.collect(staged.sha256, actor, audited=False)
+        except Exception:  # the original error matters more; gc will find the orphan
+            log.warning("could not collect sha256:%s after a failed upload", staged.sha256, exc_info=True)
 
     # 5: discard ------------------------------------------------------------------
     def discard(self, staged: StagedBlob) -> None:

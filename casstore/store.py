@@ -12,6 +12,7 @@ from .db import Database
 from .services.files import FileService
 from .services.health import HealthService
 from .services.packages import PackageService
+from .services.verify import VerifyService
 from .storage import Storage, open_storage
 
 
@@ -24,6 +25,7 @@ class Store:
         self.packages = PackageService(self.db, self.blobs, settings.default_retention_class)
         self.files = FileService(self.db, self.blobs)
         self.health = HealthService(self.db, self.storage)
+        self.verify = VerifyService(self.db, self.storage, self.blobs)
 
     def missing_blobs(self, digests: list[str]) -> list[str]:
         """Which digests the store lacks (answered by the database, fresh)."""

@@ -81,12 +81,8 @@ class FileService:
         validate_path(path)
         self.check_writable(package_id, [path], replace)
         staged = self.blobs.stage(chunks, expected_sha256)
-        try:
-            self.blobs.place(staged)
-            entry = NewEntry(path, staged.sha256, staged.size, media_type or guess_media_type(path))
-            return self._commit(package_id, [entry], [staged], replace, actor, "package.file_uploaded")[0]
-        finally:
-            self.blobs.discard(staged)
+        entry = NewEntry(path, staged.sha256, staged.size, media_type or guess_media_type(path))
+        return self._place_and_commit(package_id, [entry], [staged], replace, actor, "package.file_uploaded")[0]
 
     def put_tar(self, package_id: str, stream: IO[bytes], *, actor: str, replace: bool = False) -> list[FileEntry]:
         """Add every regular file of an uncompressed tar stream, in one transaction.
@@ -116,12 +112,11 @@ class FileService:
                     media = member.pax_headers.get(PAX_MEDIA_TYPE) or guess_media_type(path)
                     entries.append(NewEntry(path, blob.sha256, blob.size, media))
             _refuse_duplicate_paths([e.path for e in entries])
-            for blob in staged:
-                self.blobs.place(blob)
-            return self._commit(package_id, entries, staged, replace, actor, "package.files_uploaded")
-        finally:
+        except BaseException:
             for blob in staged:
                 self.blobs.discard(blob)
+            raise
+        return self._place_and_commit(package_id, entries, staged, replace, actor, "package.files_uploaded")
 
     def attach(self, package_id: str, items: list[dict], *, actor: str,
                replace: bool = False) -> tuple[list[FileEntry], list[str]]:
@@ -140,6 +135,23 @@ class FileService:
             existing = {p: e for p, e in existing.items() if p in {n.path for n in new}}
             added = self._apply(session, package, new, existing, actor, "package.files_attached") if new else []
         return added, missing
+
+    def _place_and_commit(self, package_id: str, entries: list[NewEntry], staged: list[StagedBlob],
+                          replace: bool, actor: str, action: str) -> list[FileEntry]:
+        """Steps 3 to 5 of the CAS write for a set of staged blobs, whatever happens."""
+        placed: list[StagedBlob] = []
+        try:
+            for blob in staged:
+                if self.blobs.place(blob):
+                    placed.append(blob)
+            return self._commit(package_id, entries, staged, replace, actor, action)
+        except BaseException:
+            for blob in placed:
+                self.blobs.undo_place(blob, actor)
+            raise
+        finally:
+            for blob in staged:
+                self.blobs.discard(blob)
 
     def _commit(self, package_id: str, entries: list[NewEntry], staged: list[StagedBlob],
                 replace: bool, actor: str, action: str) -> list[FileEntry]:

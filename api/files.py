@@ -101,12 +101,12 @@ class FileItem(MethodView):
 
 def file_response(download, partial: bool) -> Response:
     entry = download.entry
-    etag = f'"{entry.blob_sha256}"'
+    etag = f'"{entry.sha256}"'
     headers = {
         "ETag": etag,
         "Accept-Ranges": "bytes",
-        "Repr-Digest": content_digest_header(entry.blob_sha256),
-        "X-Checksum-Sha256": entry.blob_sha256,
+        "Repr-Digest": content_digest_header(entry.sha256),
+        "X-Checksum-Sha256": entry.sha256,
         "X-Checksum-Blake3": download.blake3,
         "Content-Length": str(download.end - download.start),
     }

@@ -72,7 +72,7 @@ class PackagePage(Schema):
 # ---------------------------------------------------------------- files
 class FileEntryOut(Schema):
     path = fields.String()
-    sha256 = fields.String(attribute="blob_sha256")
+    sha256 = fields.String()
     size = fields.Integer()
     media_type = fields.String()
     created_at = Time()

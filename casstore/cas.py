@@ -50,6 +50,25 @@ CHUNK = 1 << 20
 
 
 @dataclass
+class BlobRow:
+    """A locked blob row, as the write path needs it (plain tuple-like, no ORM)."""
+
+    sha256: str
+    size: int
+    state: str
+    refcount: int
+
+
+def _insert_for(session: Session):
+    """The dialect's INSERT, which knows ON CONFLICT DO NOTHING."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
+
+
+@dataclass
 class StagedBlob:
     """Bytes whose digests are known, waiting to be claimed."""
 
@@ -156,55 +175,63 @@ class BlobStore:
             raise ObjectMissing(f"could not place blob sha256:{staged.sha256}")
 
     # 4: claim (inside the caller's write transaction) ---------------------------
-    def claim(self, session: Session, staged: list[StagedBlob], also_lock: Iterable[str] = ()) -> dict[str, Blob]:
+    def claim(self, session: Session, staged: list[StagedBlob], also_lock: Iterable[str] = ()) -> dict[str, BlobRow]:
         """Record every staged blob as 'present', under row locks, after checking its object.
 
         ``also_lock`` names other blob rows the caller will change (for example
         the old blobs of replaced entries): all rows are locked in one pass in
         digest order, so two transactions can never wait on each other.
-        Returns every locked row by digest.
+        Only rows that were not 'present' (new, or claimed by gc) need their
+        object checked: a 'present' row's object was checked under this same
+        lock by whoever made it present, and gc cannot remove it without first
+        taking the row to 'deleting'. Returns every locked row by digest.
         """
         by_digest = {s.sha256: s for s in staged}
-        if by_digest:
-            self._insert_missing_rows(session, [by_digest[d] for d in sorted(by_digest)])
+        new = self._insert_missing_rows(session, [by_digest[d] for d in sorted(by_digest)])
         rows = self.lock_rows(session, sorted(set(by_digest) | set(also_lock)))
-        now = utcnow()
-        for row in rows:
-            if row.sha256 not in by_digest:
+        revived = []
+        for row in rows.values():
+            blob = by_digest.get(row.sha256)
+            if blob is None or (row.state == "present" and row.sha256 not in new):
                 continue
-            self._ensure_placed(by_digest[row.sha256])
-            if row.state != "present":  # new, or taken back from a gc that had claimed it
-                blob = by_digest[row.sha256]
-                row.state, row.size, row.blake3, row.created_at = "present", blob.size, blob.digests.blake3, now
-                session.add(row)
-        session.flush()
-        return {row.sha256: row for row in rows}
+            self._ensure_placed(blob)
+            if row.state != "present":  # taken back from a gc that had claimed it
+                revived.append({"d": blob.sha256, "size": blob.size, "b3": blob.digests.blake3})
+                rows[row.sha256] = BlobRow(row.sha256, blob.size, "present", row.refcount)
+        if revived:
+            table = Blob.__table__
+            session.connection().execute(
+                update(table).where(table.c.sha256 == bindparam("d"))
+                .values(state="present", size=bindparam("size"), blake3=bindparam("b3"), created_at=utcnow()),
+                revived)
+        return rows
 
-    def _insert_missing_rows(self, session: Session, staged: list[StagedBlob]) -> None:
-        dialect = session.get_bind().dialect.name
-        if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
+    def _insert_missing_rows(self, session: Session, staged: list[StagedBlob]) -> set[str]:
+        """Insert rows for blobs the registry has never seen; returns the digests inserted."""
+        if not staged:
+            return set()
+        insert = _insert_for(session)
         now = utcnow()
-        session.execute(insert(Blob).values([
-            dict(sha256=s.sha256, size=s.size, blake3=s.digests.blake3, refcount=0,
-                 state="present", created_at=now) for s in staged
-        ]).on_conflict_do_nothing())
+        conn = session.connection()
+        inserted = conn.execute(
+            insert(Blob.__table__).on_conflict_do_nothing().returning(Blob.__table__.c.sha256),
+            [dict(sha256=s.sha256, size=s.size, blake3=s.digests.blake3, refcount=0, state="present",
+                  created_at=now, verified_at=None) for s in staged]).scalars().all()
         backend = self.storage.backend
-        session.execute(insert(StorageLocation).values([
+        conn.execute(insert(StorageLocation.__table__).on_conflict_do_nothing(), [
             dict(blob_sha256=s.sha256, backend=backend, object_key=layout.blob_key(s.sha256),
-                 offset=0, length=s.size) for s in staged
-        ]).on_conflict_do_nothing())
+                 offset=0, length=s.size) for s in staged])
+        return set(inserted)
 
-    def lock_rows(self, session: Session, digests: list[str], present_only: bool = False) -> list[Blob]:
+    def lock_rows(self, session: Session, digests: list[str]) -> dict[str, BlobRow]:
         """Lock blob rows in digest order (a fixed order: no deadlocks between batches)."""
-        rows: list[Blob] = []
+        rows: dict[str, BlobRow] = {}
+        table = Blob.__table__
         for i in range(0, len(digests), 500):
-            stmt = select(Blob).where(Blob.sha256.in_(digests[i:i + 500]))
-            if present_only:
-                stmt = stmt.where(Blob.state == "present")
-            rows.extend(session.scalars(self.db.for_update(stmt.order_by(Blob.sha256))))
+            stmt = (select(table.c.sha256, table.c.size, table.c.state, table.c.refcount)
+                    .where(table.c.sha256.in_(digests[i:i + 500])).order_by(table.c.sha256))
+            for row in session.connection().execute(self.db.for_update(stmt)):
+                rows[row.sha256] = BlobRow(*row)
         return rows
 
     def add_refs(self, session: Session, counts: dict[str, int]) -> None:
@@ -228,26 +255,28 @@ class BlobStore:
            object is gone leaves a 'deleting' row, which the next collect or
            upload settles.
         """
+        table = Blob.__table__
         with self.db.write() as session:
-            rows = self.lock_rows(session, [sha256])
-            if not rows:
+            row = self.lock_rows(session, [sha256]).get(sha256)
+            if row is None:
                 info = self.storage.head(layout.blob_key(sha256))
                 if info is None:
                     return None
-                session.add(Blob(sha256=sha256, size=info.size, blake3="", refcount=0, state="deleting"))
-            elif rows[0].refcount > 0:
+                session.connection().execute(table.insert().values(
+                    sha256=sha256, size=info.size, blake3="", refcount=0, state="deleting", created_at=utcnow()))
+            elif row.refcount > 0:
                 return None
             else:
-                rows[0].state = "deleting"
-                session.add(rows[0])
+                session.connection().execute(update(table).where(table.c.sha256 == sha256).values(state="deleting"))
         with self.db.write() as session:
-            rows = self.lock_rows(session, [sha256])
-            if not rows or rows[0].state != "deleting" or rows[0].refcount != 0:
+            row = self.lock_rows(session, [sha256]).get(sha256)
+            if row is None or row.state != "deleting" or row.refcount != 0:
                 return None
-            size = rows[0].size
+            size = row.size
             self.storage.delete(layout.blob_key(sha256))
-            session.execute(delete(StorageLocation).where(StorageLocation.blob_sha256 == sha256))
-            session.delete(rows[0])
+            session.connection().execute(delete(StorageLocation.__table__)
+                                         .where(StorageLocation.__table__.c.blob_sha256 == sha256))
+            session.connection().execute(delete(table).where(table.c.sha256 == sha256))
             if audited:
                 audit.record(session, actor, "blob.collected", subject=f"sha256:{sha256}", size=size)
             return size

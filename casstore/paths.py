@@ -16,7 +16,7 @@ Everything else (spaces, %, #, ?, &, +, quotes, ';', '~', brackets, leading
 
 from __future__ import annotations
 
-import unicodedata
+import re
 
 from .errors import InvalidPath
 
@@ -25,8 +25,8 @@ MAX_SEGMENT_BYTES = 255
 MAX_DEPTH = 64
 
 
-def _bad_char(ch: str) -> bool:
-    return ch == "\\" or unicodedata.category(ch) == "Cc"
+# Backslash and Unicode category Cc (exactly U+0000-U+001F and U+007F-U+009F).
+_BAD_CHAR = re.compile(r"[\\\x00-\x1f\x7f-\x9f]")
 
 
 def validate_path(path: object) -> str:
@@ -41,7 +41,7 @@ def validate_path(path: object) -> str:
         raise InvalidPath(f"a logical path is at most {MAX_PATH_BYTES} UTF-8 bytes")
     if path.startswith("/"):
         raise InvalidPath("a logical path is relative: no leading '/'")
-    if any(_bad_char(ch) for ch in path):
+    if _BAD_CHAR.search(path):
         raise InvalidPath("a logical path has no backslash, NUL or control characters")
     segments = path.split("/")
     if len(segments) > MAX_DEPTH:

@@ -1,0 +1,82 @@
+"""Shared pieces of the benchmarks: run-directory generation, lower bound, server, HTTP client."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.serverproc import ServerProcess  # noqa: E402
+
+BIG = 1 << 30
+BLOCK = 1 << 20
+
+
+def generate_run(root: Path, small_files: int = 1500, big_bytes: int = BIG, seed: int = 7) -> Path:
+    """A guide-board-shaped run: small logs/reports of 0.2-6 KB, plus one big capture."""
+    rng = random.Random(seed)
+    if root.exists():
+        shutil.rmtree(root)
+    (root / "raw" / "captures").mkdir(parents=True)
+    (root / "run.json").write_text('{"schema": "guide-board.run/v1", "run_id": "%s"}' % root.name)
+    for i in range(small_files):
+        folder = root / "raw" / "logs" / f"node{i % 12:02d}" / f"day{i % 5}"
+        folder.mkdir(parents=True, exist_ok=True)
+        size = rng.randint(200, 6000)
+        (folder / f"log-{i:05d}.log").write_bytes(rng.randbytes(size))
+    if big_bytes:
+        with open(root / "raw" / "captures" / "capture.bin", "wb") as f:
+            left = big_bytes
+            block = rng.randbytes(BLOCK)
+            n = 0
+            while left:
+                # distinct content per MiB without paying for 1 GiB of random numbers
+                chunk = hashlib.sha256(n.to_bytes(8, "big")).digest() + block[32:]
+                f.write(chunk[:min(BLOCK, left)])
+                left -= min(BLOCK, left)
+                n += 1
+    return root
+
+
+def files_of(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def lower_bound(root: Path, dest: Path) -> float:
+    """Plain Python: walk, SHA-256 and copy every file into a folder. Seconds."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    started = time.perf_counter()
+    for path in files_of(root):
+        target = dest / path.relative_to(root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        with open(path, "rb") as src, open(target, "wb") as out:
+            while chunk := src.read(BLOCK):
+                digest.update(chunk)
+                out.write(chunk)
+        digest.hexdigest()
+    return time.perf_counter() - started
+
+
+def drop_dirty_pages() -> None:
+    os.sync()
+
+
+def start_server(data_dir: Path, workers: int = 2) -> ServerProcess:
+    if data_dir.exists():
+        shutil.rmtree(data_dir)
+    return ServerProcess({"ARTIFACT_STORE_DATA_DIR": str(data_dir)}, workers=workers).start()
+
+
+def connection(url: str) -> http.client.HTTPConnection:
+    host, port = url.removeprefix("http://").split(":")
+    return http.client.HTTPConnection(host, int(port), blocksize=BLOCK)

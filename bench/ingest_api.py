@@ -1,0 +1,151 @@
+"""Benchmark: ingest a generated run through the HTTP API, against a lower bound measured in the same run.
+
+    python bench/ingest_api.py [--small 1500] [--big-mib 1024] [--stream-gib 2] [--rounds 3]
+
+The run: ~1,500 small files of 0.2-6 KB plus one big capture. The lower bound
+is a plain Python walk that SHA-256-hashes and copies the same files into a
+folder. The ingestion: create a package, send the small files as tar batches
+(one request and one transaction per batch), stream the big file with one
+PUT, finalize - against `artifact-store serve` (gunicorn) on loopback.
+Reported: medians of the rounds, the ratio, and the server's peak RSS; then
+the server's peak RSS while a 2 GiB body streams in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import BLOCK, connection, drop_dirty_pages, files_of, generate_run, lower_bound, start_server  # noqa: E402
+
+OUT = Path(__file__).resolve().parent / "out"
+BATCH_BYTES = 8 << 20
+SMALL_LIMIT = 1 << 20
+
+
+def request_json(conn, method, path, body=None, headers=None):
+    conn.request(method, path, body=body, headers=headers or {})
+    response = conn.getresponse()
+    data = response.read()
+    if response.status >= 300:
+        raise RuntimeError(f"{method} {path}: {response.status} {data[:300]!r}")
+    return json.loads(data) if data else None
+
+
+def tar_batches(root: Path, paths: list[Path]):
+    batch, size = [], 0
+    for path in paths:
+        batch.append(path)
+        size += path.stat().st_size
+        if size >= BATCH_BYTES or len(batch) >= 1000:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def tar_of(root: Path, paths: list[Path]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for path in paths:
+            info = tarfile.TarInfo(path.relative_to(root).as_posix())
+            info.size = path.stat().st_size
+            with open(path, "rb") as f:
+                tar.addfile(info, f)
+    return buf.getvalue()
+
+
+def ingest(url: str, root: Path) -> dict:
+    conn = connection(url)
+    files = files_of(root)
+    small = [p for p in files if p.stat().st_size <= SMALL_LIMIT]
+    big = [p for p in files if p.stat().st_size > SMALL_LIMIT]
+    started = time.perf_counter()
+    pkg = request_json(conn, "POST", "/v1/packages", json.dumps({"producer": "bench", "run_id": root.name}),
+                       {"Content-Type": "application/json"})["id"]
+    for batch in tar_batches(root, small):
+        request_json(conn, "POST", f"/v1/packages/{pkg}/tar", tar_of(root, batch),
+                     {"Content-Type": "application/x-tar"})
+    for path in big:
+        with open(path, "rb") as f:
+            from urllib.parse import quote
+
+            request_json(conn, "PUT", f"/v1/packages/{pkg}/files/{quote(path.relative_to(root).as_posix())}", f,
+                         {"Content-Length": str(path.stat().st_size), "Content-Type": "application/octet-stream"})
+    done = request_json(conn, "POST", f"/v1/packages/{pkg}/finalize")
+    elapsed = time.perf_counter() - started
+    assert done["file_count"] == len(files), done
+    return {"seconds": elapsed, "package": pkg}
+
+
+def stream_rss(data_dir: Path, gib: int) -> dict:
+    server = start_server(data_dir)
+    try:
+        conn = connection(server.url)
+        pkg = request_json(conn, "POST", "/v1/packages", json.dumps({"producer": "bench"}),
+                           {"Content-Type": "application/json"})["id"]
+        block = bytes(range(256)) * (BLOCK // 256)
+
+        def body():
+            for i in range(gib * 1024):
+                yield i.to_bytes(8, "big") + block[8:]
+
+        started = time.perf_counter()
+        conn.putrequest("PUT", f"/v1/packages/{pkg}/files/stream.bin")
+        conn.putheader("Content-Length", str(gib << 30))
+        conn.endheaders()
+        for chunk in body():
+            conn.send(chunk)
+        response = conn.getresponse()
+        entry = json.loads(response.read())
+        assert response.status == 201 and entry["size"] == gib << 30, entry
+        return {"gib": gib, "seconds": round(time.perf_counter() - started, 2),
+                "server_peak_rss_mib": round(server.peak_rss_kib() / 1024, 1)}
+    finally:
+        server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--small", type=int, default=1500)
+    parser.add_argument("--big-mib", type=int, default=1024)
+    parser.add_argument("--stream-gib", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    OUT.mkdir(exist_ok=True)
+    root = generate_run(OUT / "run-api", args.small, args.big_mib << 20)
+    total = sum(p.stat().st_size for p in files_of(root))
+    bounds, ingests, rss = [], [], []
+    for _ in range(args.rounds):
+        drop_dirty_pages()
+        bounds.append(lower_bound(root, OUT / "lower-bound-copy"))
+        drop_dirty_pages()
+        server = start_server(OUT / "data-api")
+        try:
+            ingests.append(ingest(server.url, root)["seconds"])
+            rss.append(server.peak_rss_kib() / 1024)
+        finally:
+            server.stop()
+    lb, ing = statistics.median(bounds), statistics.median(ingests)
+    result = {
+        "files": len(files_of(root)), "bytes": total,
+        "lower_bound_s": round(lb, 3), "ingest_s": round(ing, 3), "ratio": round(ing / lb, 2),
+        "rounds": {"lower_bound_s": [round(b, 3) for b in bounds], "ingest_s": [round(i, 3) for i in ingests]},
+        "server_peak_rss_mib": round(max(rss), 1),
+    }
+    if args.stream_gib:
+        drop_dirty_pages()
+        result["stream"] = stream_rss(OUT / "data-stream", args.stream_gib)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -33,6 +33,42 @@ def serve(host: str | None, port: int | None, workers: int, threads: int, no_upg
     run(settings, workers=workers, threads=threads)
 
 
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=str))
+@click.option("--url", envvar="ARTIFACT_STORE_URL", default=None,
+              help="The service (default ARTIFACT_STORE_URL, else http://ARTIFACT_STORE_HOST:ARTIFACT_STORE_PORT).")
+@click.option("--retention-class", default=None, help="Override the run's retention wish.")
+@click.option("--jobs", default=4, show_default=True, type=click.IntRange(1, 64), help="Parallel hashing/uploads.")
+@click.option("--quiet", is_flag=True, help="No progress bar, even on a terminal.")
+@click.option("--cache", "cache_path", default=None, type=click.Path(dir_okay=False),
+              help="Hash cache file (default $XDG_CACHE_HOME/artifact-store/hashes.sqlite3).")
+@click.option("--no-cache", is_flag=True, help="Hash every file, and remember nothing.")
+def ingest(run_dir: str, url: str | None, retention_class: str | None, jobs: int, quiet: bool,
+           cache_path: str | None, no_cache: bool) -> None:
+    """Register a guide-board RUN_DIR as one package; print one JSON line with its id.
+
+    Exit status: 0 done; 2 the run directory or the request is wrong (nothing
+    uploaded, or a finalized run differs); 1 the service failed or could not
+    be reached (run the same command again to resume).
+    """
+    import json
+    import sys
+    from pathlib import Path
+
+    from .producer import run_ingest
+
+    settings = Settings.from_env()
+    code, result, message = run_ingest(
+        Path(run_dir), url or settings.base_url, retention_class=retention_class, jobs=jobs,
+        progress=not quiet and sys.stderr.isatty(),
+        cache_path=None if no_cache else (Path(cache_path) if cache_path else "default"))
+    if message:
+        click.echo(message, err=True)
+    if result is not None:
+        click.echo(json.dumps(result))
+    sys.exit(code)
+
+
 @main.group()
 def db() -> None:
     """Database schema management."""

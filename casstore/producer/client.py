@@ -1,0 +1,125 @@
+"""A small HTTP client for the artifact-store API (http.client, one keep-alive connection per thread).
+
+http.client rather than a larger library: it starts instantly, streams a
+file body in 1 MiB blocks, and keeps the producer's memory flat.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+from typing import IO, Any
+from urllib.parse import quote, urlencode, urlsplit
+
+BLOCK = 1 << 20
+
+
+class ApiError(Exception):
+    """The service answered with an error (its problem+json document is in ``problem``)."""
+
+    def __init__(self, status: int, problem: dict) -> None:
+        super().__init__(f"{status} {problem.get('title', '')}: {problem.get('detail', '')}")
+        self.status = status
+        self.problem = problem
+
+
+class Unreachable(Exception):
+    """The service could not be reached or dropped the connection."""
+
+
+class StoreClient:
+    def __init__(self, base_url: str, actor: str = "artifact-store-cli", timeout: float = 600) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {base_url!r}")
+        self.base_url = base_url.rstrip("/")
+        self._scheme, self._host, self._port = parts.scheme, parts.hostname, parts.port
+        self._prefix = parts.path.rstrip("/")
+        self._actor = actor
+        self._timeout = timeout
+        self._local = threading.local()
+
+    def _conn(self) -> http.client.HTTPConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
+            conn = cls(self._host, self._port, timeout=self._timeout, blocksize=BLOCK)
+            self._local.conn = conn
+        return conn
+
+    def request(self, method: str, path: str, *, body: bytes | IO[bytes] | None = None,
+                json_body: Any = None, headers: dict | None = None, query: dict | None = None) -> Any:
+        """Send one request; return the decoded JSON answer, or raise ApiError / Unreachable."""
+        headers = {"X-Actor": self._actor, **(headers or {})}
+        if json_body is not None:
+            body = json.dumps(json_body).encode()
+            headers["Content-Type"] = "application/json"
+        url = self._prefix + path + (("?" + urlencode(query)) if query else "")
+        conn = self._conn()
+        try:
+            conn.request(method, url, body=body, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            self._local.conn = None
+            raise Unreachable(f"{method} {self.base_url}{path}: {exc}") from exc
+        if response.status >= 400:
+            try:
+                problem = json.loads(data)
+            except ValueError:
+                problem = {"title": response.reason, "detail": data[:300].decode("utf-8", "replace")}
+            raise ApiError(response.status, problem)
+        return json.loads(data) if data else None
+
+    # the calls the ingest flow makes ------------------------------------------
+    def find_package(self, producer: str, run_id: str) -> dict | None:
+        """The live package of this run, if any (the newest one not deleted or failed)."""
+        page = self.request("GET", "/v1/packages", query={"producer": producer, "run_id": run_id, "limit": 20})
+        for item in page["items"]:
+            if item["status"] not in ("deleted", "failed"):
+                return item
+        return None
+
+    def create_package(self, body: dict) -> dict:
+        return self.request("POST", "/v1/packages", json_body=body)
+
+    def package(self, package_id: str) -> dict:
+        return self.request("GET", f"/v1/packages/{package_id}")
+
+    def files(self, package_id: str) -> dict[str, dict]:
+        entries, cursor = {}, None
+        while True:
+            query = {"limit": 10000, **({"cursor": cursor} if cursor else {})}
+            page = self.request("GET", f"/v1/packages/{package_id}/files", query=query)
+            entries.update((e["path"], e) for e in page["items"])
+            cursor = page["next_cursor"]
+            if not cursor:
+                return entries
+
+    def missing(self, digests: list[str]) -> set[str]:
+        return set(self.request("POST", "/v1/blobs/missing", json_body={"digests": digests})["missing"])
+
+    def attach(self, package_id: str, items: list[dict], replace: bool) -> dict:
+        return self.request("POST", f"/v1/packages/{package_id}/attach",
+                            json_body={"files": items, "replace": replace})
+
+    def upload_tar(self, package_id: str, body: bytes, replace: bool) -> dict:
+        return self.request("POST", f"/v1/packages/{package_id}/tar", body=body,
+                            headers={"Content-Type": "application/x-tar"},
+                            query={"replace": "true"} if replace else None)
+
+    def upload_file(self, package_id: str, path: str, stream: IO[bytes], size: int, sha256: str,
+                    media_type: str | None, replace: bool) -> dict:
+        headers = {"Content-Length": str(size), "X-Checksum-Sha256": sha256}
+        if media_type:
+            headers["Content-Type"] = media_type
+        return self.request("PUT", f"/v1/packages/{package_id}/files/{quote(path, safe='/')}", body=stream,
+                            headers=headers, query={"replace": "true"} if replace else None)
+
+    def finalize(self, package_id: str) -> dict:
+        return self.request("POST", f"/v1/packages/{package_id}/finalize")
+
+    def manifest(self, package_id: str) -> dict:
+        return self.request("GET", f"/v1/packages/{package_id}/manifest")

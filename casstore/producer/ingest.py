@@ -1,0 +1,280 @@
+"""Ingest a guide-board run directory as one package: hash, ask, attach, upload only what is new.
+
+The flow, each step idempotent so that a run interrupted anywhere finishes
+the same package when started again:
+
+1. hash every file locally (a cache keyed by path, size, mtime and inode skips
+   unchanged files), in parallel;
+2. find the run's live package (producer + run_id) or create it;
+   a finalized one is compared with the run: identical -> done, nothing sent;
+   different -> IngestConflict naming the paths, nothing changed;
+3. list what the package already holds; keep only files it lacks or holds
+   with other bytes;
+4. ask which digests the store lacks (5,000 a request); attach the others by
+   reference (1,000 a request, one transaction each);
+5. upload each missing digest once: small files as tar batches (one request
+   and one transaction per batch), large ones streamed with PUT, ``jobs`` at
+   a time, every one with its SHA-256 so the server proves what it received;
+   files that repeat an uploaded digest are attached afterwards;
+6. finalize.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import sys
+import tarfile
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from .client import StoreClient
+from .hashcache import HashCache
+from .rundir import LocalFile, RunDir, RunDirError
+
+PRODUCER = "guide-board"
+SMALL_FILE = 1 << 20
+TAR_BATCH_BYTES = 8 << 20
+TAR_BATCH_FILES = 1000
+MISSING_BATCH = 5000
+ATTACH_BATCH = 1000
+READ_BLOCK = 1 << 20
+
+
+class IngestConflict(Exception):
+    """The run id is already finalized with other content (exit status 2, nothing changed)."""
+
+
+@dataclass
+class Progress:
+    """Byte counters for the two long phases; a tqdm bar when asked for, silent otherwise."""
+
+    enabled: bool
+
+    def bar(self, description: str, total: int):
+        if not self.enabled:
+            return _NoBar()
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=description, unit="B", unit_scale=True, unit_divisor=1024,
+                    file=sys.stderr, leave=False, dynamic_ncols=True)
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def sha256_file(path: str, on_bytes: Callable[[int], None]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        while chunk := f.read(READ_BLOCK):
+            digest.update(chunk)
+            on_bytes(len(chunk))
+    return digest.hexdigest()
+
+
+def batched(items: list, size: int) -> Iterable[list]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+class Ingestor:
+    def __init__(self, client: StoreClient, run: RunDir, cache: HashCache, *, jobs: int = 4,
+                 retention_class: str | None = None, progress: Progress | None = None) -> None:
+        self.client = client
+        self.run = run
+        self.cache = cache
+        self.jobs = max(1, jobs)
+        self.retention_class = retention_class
+        self.progress = progress or Progress(False)
+        self.new_bytes = 0
+        self._package_id = ""
+
+    # 1 ------------------------------------------------------------------------
+    def hash_all(self) -> dict[str, str]:
+        files = self.run.files
+        digests = self.cache.lookup(files)
+        todo = [f for f in files if f.path not in digests]
+        with self.progress.bar("hashing", sum(f.size for f in todo)) as bar:
+            def one(f: LocalFile) -> tuple[LocalFile, str]:
+                try:
+                    return f, sha256_file(f.abspath, bar.update)
+                except OSError as exc:
+                    raise RunDirError(f"cannot read {f.path}: {exc.strerror or exc}") from exc
+
+            with ThreadPoolExecutor(self.jobs) as pool:
+                hashed = list(pool.map(one, sorted(todo, key=lambda f: -f.size)))
+        self.cache.store(hashed)
+        digests.update((f.path, d) for f, d in hashed)
+        return digests
+
+    # 2 ------------------------------------------------------------------------
+    def find_or_create(self) -> dict:
+        from .client import ApiError
+
+        existing = self.client.find_package(PRODUCER, self.run.run_id)
+        if existing is not None:
+            return existing
+        run = self.run.run
+        body = {"producer": PRODUCER, "run_id": self.run.run_id, "target_profile": run.get("target_profile"),
+                "assessment_profile": run.get("assessment_profile"), "metadata": self.run.metadata}
+        wish = self.retention_class or (self.run.retention_wish or {}).get("retention_class")
+        if wish:
+            body["retention_class"] = wish
+        try:
+            return self.client.create_package(body)
+        except ApiError as exc:
+            if exc.status == 409 and exc.problem.get("package_id"):  # a concurrent ingest made it first
+                return self.client.package(exc.problem["package_id"])
+            raise
+
+    def check_finalized(self, package: dict, digests: dict[str, str]) -> None:
+        manifest = self.client.manifest(package["id"])
+        stored = {f["path"]: f["sha256"] for f in manifest["files"]}
+        differ = sorted(p for p in set(stored) | set(digests) if stored.get(p) != digests.get(p))
+        if differ:
+            shown = "; ".join(_describe(p, stored, digests) for p in differ[:20])
+            more = f" (and {len(differ) - 20} more)" if len(differ) > 20 else ""
+            raise IngestConflict(
+                f"run {self.run.run_id!r} is already finalized as {package['id']} with other content: "
+                f"{len(differ)} path(s) differ: {shown}{more}. A finalized package never changes; "
+                f"give the new run its own run_id.")
+
+    # 3-5 ----------------------------------------------------------------------
+    def send(self, digests: dict[str, str]) -> None:
+        package_id = self._package_id
+        held = self.client.files(package_id)
+        local = {f.path: f for f in self.run.files}
+        extra = sorted(set(held) - set(local))
+        if extra:
+            raise IngestConflict(
+                f"package {package_id} already holds {len(extra)} file(s) that are not in the run directory "
+                f"(first: {extra[:5]}); restore them or give the run a new run_id")
+        todo = [f for f in self.run.files if held.get(f.path, {}).get("sha256") != digests[f.path]]
+        replace = {f.path for f in todo if f.path in held}
+        wanted = sorted({digests[f.path] for f in todo})
+        missing: set[str] = set()
+        for batch in batched(wanted, MISSING_BATCH):
+            missing |= self.client.missing(batch)
+        first_of: dict[str, LocalFile] = {}
+        for f in todo:
+            if digests[f.path] in missing:
+                first_of.setdefault(digests[f.path], f)
+        uploads = list(first_of.values())
+        uploaded = {f.path for f in uploads}
+        later = [f for f in todo if f.path not in uploaded]
+        raced = self._attach([f for f in later if digests[f.path] not in missing], digests, replace)
+        self._upload(uploads + raced, digests, replace)
+        self._attach([f for f in later if digests[f.path] in missing], digests, replace, strict=True)
+
+    def _attach(self, files: list[LocalFile], digests: dict[str, str], replace: set[str],
+                strict: bool = False) -> list[LocalFile]:
+        """Attach by reference; return files whose blob vanished meanwhile (gc won the race)."""
+        lost: list[LocalFile] = []
+        by_path = {f.path: f for f in files}
+        for flag in (False, True):
+            group = [f for f in files if (f.path in replace) == flag]
+            for batch in batched(group, ATTACH_BATCH):
+                items = [{"path": f.path, "sha256": digests[f.path]} for f in batch]
+                answer = self.client.attach(self._package_id, items, flag)
+                gone = set(answer["missing"])
+                lost += [by_path[i["path"]] for i in items if i["sha256"] in gone]
+        if lost and strict:
+            self._upload(lost, digests, replace)
+            return []
+        return lost
+
+    def _upload(self, files: list[LocalFile], digests: dict[str, str], replace: set[str]) -> None:
+        package_id = self._package_id
+        if not files:
+            return
+        small = [f for f in files if f.size <= SMALL_FILE]
+        large = [f for f in files if f.size > SMALL_FILE]
+        jobs = [("tar", b) for flag in (False, True)
+                for b in _tar_batches([f for f in small if (f.path in replace) == flag])]
+        jobs += [("put", [f]) for f in sorted(large, key=lambda f: -f.size)]
+        with self.progress.bar("uploading", sum(f.size for f in files)) as bar:
+            def run(job) -> None:
+                kind, batch = job
+                if kind == "tar":
+                    body = _tar_of(batch, digests)
+                    self.client.upload_tar(package_id, body, replace=batch[0].path in replace)
+                else:
+                    f = batch[0]
+                    with open(f.abspath, "rb") as stream:
+                        self.client.upload_file(package_id, f.path, stream, f.size, digests[f.path], None,
+                                                f.path in replace)
+                bar.update(sum(f.size for f in batch))
+
+            with ThreadPoolExecutor(self.jobs) as pool:
+                for _ in pool.map(run, jobs):
+                    pass
+        self.new_bytes += sum(f.size for f in files)
+
+    # all ----------------------------------------------------------------------
+    def ingest(self) -> dict:
+        digests = self.hash_all()
+        package = self.find_or_create()
+        self._package_id = package["id"]
+        if package["status"] == "finalized":
+            self.check_finalized(package, digests)
+        else:
+            self.send(digests)
+            package = self.client.finalize(package["id"])
+        return {
+            "package_id": package["id"],
+            "manifest_digest": package["manifest_digest"],
+            "run_id": self.run.run_id,
+            "files": package["file_count"],
+            "bytes": package["total_bytes"],
+            "new_bytes": self.new_bytes,
+            "retention_class": package["retention_class"],
+            "expires_at": package["expires_at"],
+            "url": f"{self.client.base_url}/v1/packages/{package['id']}",
+            "skipped_links": len(self.run.links),
+        }
+
+
+def _describe(path: str, stored: dict, local: dict) -> str:
+    if path not in stored:
+        return f"{path} (not in the package)"
+    if path not in local:
+        return f"{path} (not in the run directory)"
+    return f"{path} (sha256 {stored[path][:12]}... stored, {local[path][:12]}... here)"
+
+
+def _tar_batches(files: list[LocalFile]) -> Iterable[list[LocalFile]]:
+    batch, size = [], 0
+    for f in files:
+        batch.append(f)
+        size += f.size
+        if size >= TAR_BATCH_BYTES or len(batch) >= TAR_BATCH_FILES:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _tar_of(files: list[LocalFile], digests: dict[str, str]) -> bytes:
+    """An uncompressed PAX tar of small files, each with its SHA-256 for the server to check."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for f in files:
+            info = tarfile.TarInfo(f.path)
+            with open(f.abspath, "rb") as src:
+                data = src.read()
+            info.size = len(data)
+            info.pax_headers = {"ARTIFACT_STORE.sha256": digests[f.path]}
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()

@@ -1,0 +1,174 @@
+"""Benchmark: `artifact-store ingest` on generated runs, against a lower bound measured in the same run.
+
+    python bench/ingest_cli.py [--small 1500] [--big-mib 1024] [--rounds 3]
+
+Per round, each against a fresh `artifact-store serve` (after a warm-up ingest):
+  lower bound   plain Python: walk, SHA-256 and copy every file into a folder
+  first         the CLI ingests run A (1,500 small files + one big capture), cold hash cache
+  again         the same command again: nothing changed (target: under 10% of first)
+  shared        run B: the same capture and 90% of the small files, 150 changed, one new
+                100 MiB capture (about 90% of its bytes shared with A)
+  small-only    a fresh store, the CLI ingests the 1,500 small files alone (target: 3x its lower bound)
+Reported: medians, ratios, the CLI's peak RSS (target < 100 MiB); and, where restic and
+borg are installed, their times on the same runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import drop_dirty_pages, files_of, generate_run, lower_bound, start_server  # noqa: E402
+
+OUT = Path(__file__).resolve().parent / "out"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def timed(command: list[str], env: dict | None = None) -> float:
+    """Run a peer's command; its wall time in seconds."""
+    started = time.perf_counter()
+    proc = subprocess.run(command, env={**os.environ, **(env or {})}, capture_output=True, cwd=ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{command[:4]} failed: {proc.stderr.decode()[-2000:]}")
+    return time.perf_counter() - started
+
+
+def cli_ingest(run: Path, url: str, cache: Path) -> dict:
+    """Time one `artifact-store ingest`; its peak RSS comes from wait4's rusage."""
+    env = {**os.environ, "ARTIFACT_STORE_URL": url, "XDG_CACHE_HOME": str(cache)}
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "casstore.cli", "ingest", str(run), "--quiet"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    out = proc.stdout.read()
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - started
+    if status != 0:
+        raise RuntimeError(f"ingest failed: {err.decode()[-2000:]}")
+    result = json.loads(out)
+    return {"seconds": elapsed, "rss_mib": usage.ru_maxrss / 1024, "new_bytes": result["new_bytes"],
+            "files": result["files"], "package_id": result["package_id"]}
+
+
+def make_shared_run(a: Path, b: Path, new_capture_mib: int) -> Path:
+    """Run B: A's files (copies), 10% of the small ones changed, plus a new capture."""
+    if b.exists():
+        shutil.rmtree(b)
+    shutil.copytree(a, b)
+    (b / "run.json").write_text('{"schema": "guide-board.run/v1", "run_id": "%s"}' % b.name)
+    small = [p for p in files_of(b) if p.suffix == ".log"]
+    for p in small[::10]:
+        p.write_bytes(os.urandom(p.stat().st_size))
+    with open(b / "raw" / "captures" / "second-capture.bin", "wb") as f:
+        for _ in range(new_capture_mib):
+            f.write(os.urandom(1 << 20))
+    return b
+
+
+def peer_times(runs: list[Path]) -> dict:
+    """restic backup and borg create on the same runs, where those tools are installed."""
+    peers = {}
+    work = Path(tempfile.mkdtemp(prefix="peers-", dir=OUT))
+    try:
+        if shutil.which("restic"):
+            repo = work / "restic"
+            env = {"RESTIC_PASSWORD": "bench", "RESTIC_REPOSITORY": str(repo)}
+            subprocess.run(["restic", "init", "--quiet"], env={**os.environ, **env}, check=True, capture_output=True)
+            peers["restic"] = [round(timed(["restic", "backup", "--quiet", str(r)], env), 3) for r in runs]
+        if shutil.which("borg"):
+            repo = work / "borg"
+            env = {"BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes", "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes"}
+            subprocess.run(["borg", "init", "--encryption=none", str(repo)], env={**os.environ, **env}, check=True,
+                           capture_output=True)
+            peers["borg"] = [round(timed(["borg", "create", f"{repo}::{i}", str(r)], env), 3)
+                             for i, r in enumerate(runs)]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return peers
+
+
+def warm_up(url: str) -> None:
+    tiny = generate_run(OUT / "warm-up-run", 20, 2 << 20, seed=99)
+    cli_ingest(tiny, url, OUT / "warm-cache")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--small", type=int, default=1500)
+    parser.add_argument("--big-mib", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    OUT.mkdir(exist_ok=True)
+    run_a = generate_run(OUT / "run-a", args.small, args.big_mib << 20)
+    run_b = make_shared_run(run_a, OUT / "run-b", max(1, args.big_mib // 10))
+    run_s = generate_run(OUT / "run-small", args.small, 0)
+    rows = {k: [] for k in ("lb", "first", "again", "shared", "lb_small", "small")}
+    rss, new_bytes = [], {}
+    for _ in range(args.rounds):
+        drop_dirty_pages()
+        rows["lb"].append(lower_bound(run_a, OUT / "lb-copy"))
+        drop_dirty_pages()
+        rows["lb_small"].append(lower_bound(run_s, OUT / "lb-copy"))
+        server = start_server(OUT / "data-cli")
+        try:
+            warm_up(server.url)
+            cache = OUT / "cache"
+            shutil.rmtree(cache, ignore_errors=True)
+            drop_dirty_pages()
+            for key, run in (("first", run_a), ("again", run_a), ("shared", run_b)):
+                r = cli_ingest(run, server.url, cache)
+                rows[key].append(r["seconds"])
+                rss.append(r["rss_mib"])
+                new_bytes[key] = r["new_bytes"]
+        finally:
+            server.stop()
+        server = start_server(OUT / "data-cli")
+        try:
+            warm_up(server.url)
+            shutil.rmtree(OUT / "cache", ignore_errors=True)
+            drop_dirty_pages()
+            r = cli_ingest(run_s, server.url, OUT / "cache")
+            rows["small"].append(r["seconds"])
+            rss.append(r["rss_mib"])
+        finally:
+            server.stop()
+    med = {k: statistics.median(v) for k, v in rows.items()}
+    bytes_a = sum(p.stat().st_size for p in files_of(run_a))
+    bytes_b = sum(p.stat().st_size for p in files_of(run_b))
+    result = {
+        "run_a": {"files": len(files_of(run_a)), "bytes": bytes_a},
+        "run_b": {"files": len(files_of(run_b)), "bytes": bytes_b, "new_bytes": new_bytes["shared"],
+                  "shared_fraction": round(1 - new_bytes["shared"] / bytes_b, 3)},
+        "lower_bound_s": round(med["lb"], 3),
+        "first_ingest_s": round(med["first"], 3),
+        "first_ratio": round(med["first"] / med["lb"], 2),
+        "reingest_s": round(med["again"], 3),
+        "reingest_fraction_of_first": round(med["again"] / med["first"], 3),
+        "reingest_new_bytes": new_bytes["again"],
+        "shared_run_s": round(med["shared"], 3),
+        "small_only_lower_bound_s": round(med["lb_small"], 3),
+        "small_only_ingest_s": round(med["small"], 3),
+        "small_only_ratio": round(med["small"] / med["lb_small"], 2),
+        "cli_peak_rss_mib": round(max(rss), 1),
+        "rounds": {k: [round(x, 3) for x in v] for k, v in rows.items()},
+    }
+    peers = peer_times([run_a, run_b, run_s])
+    if peers:
+        result["peers_s"] = {name: dict(zip(("run_a", "run_b", "small_only"), t)) for name, t in peers.items()}
+        result["ratio_to_peers_first_ingest"] = {name: round(med["first"] / t[0], 2) for name, t in peers.items()}
+        result["ratio_to_peers_small_only"] = {name: round(med["small"] / t[2], 2) for name, t in peers.items()}
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

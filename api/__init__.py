@@ -12,7 +12,7 @@ from werkzeug.routing import PathConverter
 from casstore.config import Settings
 from casstore.store import Store
 
-from . import blobs, files, health, packages, problems
+from . import audit, blobs, eligibility, files, health, packages, problems, retention, retention_classes
 
 
 class AnyPathConverter(PathConverter):
@@ -43,7 +43,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.extensions["casstore"] = store or Store(settings)
     api = problems.ProblemApi(app, spec_kwargs={"info": {"description": DESCRIPTION}})
     problems.register(app)
-    for module in (packages, files, blobs, health):
+    for module in (packages, files, retention, blobs, eligibility, audit, retention_classes, health):
         api.register_blueprint(module.blp)
     return app
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from flask import Response
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from marshmallow import RAISE
+from marshmallow import EXCLUDE, RAISE
 
 from . import context
-from .schemas import PackageCreate, PackageOut, PackagePage, PackageQuery
+from .schemas import PackageCreate, PackageOut, PackagePage, PackageQuery, ReasonQuery
 
 blp = Blueprint("packages", __name__, url_prefix="/v1/packages", description="Packages: one producer run each")
 
@@ -35,6 +35,13 @@ class PackageItem(MethodView):
     def get(self, package_id):
         """A package's metadata, counts, retention and manifest digest."""
         return context.store().packages.get(package_id)
+
+    @blp.arguments(ReasonQuery, location="query", unknown=EXCLUDE)
+    @blp.response(200, PackageOut)
+    def delete(self, query, package_id):
+        """Delete an eligible package (409 naming the hold or the expiry otherwise); it stays as a tombstone."""
+        return context.store().eligibility.delete(package_id, actor=context.actor(),
+                                                  reason=query.get("reason") or "")
 
 
 @blp.route("/<string:package_id>/finalize")

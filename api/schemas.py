@@ -6,6 +6,8 @@ write times as RFC 3339 UTC with a 'Z'.
 
 from __future__ import annotations
 
+from datetime import timezone
+
 from marshmallow import RAISE, Schema, fields, validate
 
 from casstore.paths import MAX_PATH_BYTES
@@ -127,3 +129,118 @@ class HealthOut(Schema):
     status = fields.String()
     database = fields.Dict()
     storage = fields.Dict()
+
+
+# ---------------------------------------------------------------- retention
+class ReasonBody(Strict):
+    reason = fields.String(required=True, validate=validate.Length(min=1, max=4000))
+
+
+class ReasonQuery(Schema):
+    reason = fields.String(validate=validate.Length(min=1, max=4000))
+
+
+class ExtendRequest(Strict):
+    expires_at = fields.AwareDateTime(default_timezone=timezone.utc)
+    days = fields.Integer(validate=validate.Range(min=1, max=100 * 365))
+    retention_class = fields.String(validate=validate.Length(min=1, max=64))
+    reason = fields.String(required=True, validate=validate.Length(min=1, max=4000))
+
+
+class HoldOut(Schema):
+    id = fields.String()
+    package_id = fields.String()
+    reason = fields.String()
+    placed_by = fields.String()
+    placed_at = Time()
+    released_at = Time(allow_none=True)
+    released_by = fields.String(allow_none=True)
+    release_reason = fields.String(allow_none=True)
+
+
+class RetentionOut(Schema):
+    package_id = fields.String()
+    retention_class = fields.String()
+    expires_at = Time(allow_none=True)
+    holds = fields.List(fields.Nested(HoldOut))
+    eligible = fields.Boolean()
+    not_eligible_because = fields.List(fields.String())
+
+
+class HoldList(Schema):
+    items = fields.List(fields.Nested(HoldOut))
+
+
+class EventOut(Schema):
+    kind = fields.String(metadata={"description": "retention or audit"})
+    id = fields.Integer()
+    at = Time()
+    actor = fields.String()
+    action = fields.String()
+    subject = fields.String(allow_none=True)
+    before = fields.Raw(allow_none=True)
+    after = fields.Raw(allow_none=True)
+    reason = fields.String(allow_none=True)
+    details = fields.Raw(allow_none=True)
+
+
+class EventList(Schema):
+    items = fields.List(fields.Nested(EventOut))
+
+
+class AuditQuery(Strict):
+    package_id = fields.String(validate=validate.Length(max=64))
+    actor = fields.String(validate=validate.Length(max=256))
+    action = fields.String(validate=validate.Length(max=64))
+    since = fields.AwareDateTime(default_timezone=timezone.utc)
+    until = fields.AwareDateTime(default_timezone=timezone.utc)
+    cursor = fields.Integer(validate=validate.Range(min=0))
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
+
+
+class AuditEventOut(Schema):
+    id = fields.Integer()
+    at = Time()
+    actor = fields.String()
+    action = fields.String()
+    package_id = fields.String(allow_none=True)
+    subject = fields.String(allow_none=True)
+    details = fields.Raw(allow_none=True)
+
+
+class AuditPage(Schema):
+    items = fields.List(fields.Nested(AuditEventOut))
+    next_cursor = fields.String(allow_none=True)
+
+
+class EligibilityQuery(Strict):
+    as_of = fields.AwareDateTime(default_timezone=timezone.utc)
+
+
+class EligiblePackageOut(Schema):
+    package_id = fields.String()
+    run_id = fields.String(allow_none=True)
+    producer = fields.String()
+    retention_class = fields.String()
+    expires_at = Time()
+    total_bytes = fields.Integer()
+    reclaimable_bytes = fields.Integer()
+    shared_bytes = fields.Integer()
+
+
+class EligibilityOut(Schema):
+    as_of = Time()
+    packages = fields.List(fields.Nested(EligiblePackageOut))
+    reclaimable_bytes = fields.Integer()
+    shared_bytes = fields.Integer()
+
+
+class RetentionClassOut(Schema):
+    name = fields.String()
+    days = fields.Integer(allow_none=True)
+    description = fields.String()
+    updated_at = Time()
+
+
+class RetentionClassList(Schema):
+    items = fields.List(fields.Nested(RetentionClassOut))

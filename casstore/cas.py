@@ -209,8 +209,10 @@ class BlobStore:
             blob = by_digest.get(row.sha256)
             if blob is None or (row.state == "present" and row.sha256 not in new):
                 continue
+            if row.state == "missing":  # verify found it lost or damaged: these bytes replace it
+                self.storage.delete(layout.blob_key(blob.sha256))
             self._ensure_placed(blob)
-            if row.state != "present":  # taken back from a gc that had claimed it
+            if row.state != "present":  # taken back from gc, or repaired after verify
                 revived.append({"d": blob.sha256, "size": blob.size, "b3": blob.digests.blake3})
                 rows[row.sha256] = BlobRow(row.sha256, blob.size, "present", row.refcount)
         if revived:

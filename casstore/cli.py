@@ -91,5 +91,168 @@ def _upgrade(settings: Settings) -> None:
         database.dispose()
 
 
+def _store():
+    from .store import Store
+
+    return Store(Settings.from_env())
+
+
+def _actor() -> str:
+    import getpass
+    import socket
+
+    return f"cli:{getpass.getuser()}@{socket.gethostname()}"
+
+
+def _fail(exc) -> None:
+    click.echo(f"error: {exc.detail}", err=True)
+    raise SystemExit(2)
+
+
+def _when(value: str | None):
+    from datetime import datetime, timezone
+
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise click.BadParameter(f"not an ISO 8601 time: {value}") from exc
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def _duration(text: str):
+    """'90s', '15m', '6h', '7d' (or plain seconds) -> timedelta."""
+    from datetime import timedelta
+
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text[-1:] in units:
+            return timedelta(seconds=float(text[:-1]) * units[text[-1]])
+        return timedelta(seconds=float(text))
+    except ValueError as exc:
+        raise click.BadParameter(f"not a duration (like 90s, 15m, 6h, 7d): {text}") from exc
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+@main.group("retention-classes", invoke_without_command=True)
+@click.pass_context
+def retention_classes(ctx) -> None:
+    """List retention classes (or change one with `set`)."""
+    if ctx.invoked_subcommand is None:
+        for cls in _store().retention.classes():
+            days = "never expires" if cls.days is None else f"{cls.days} days"
+            click.echo(f"{cls.name:<20} {days:<16} {cls.description}")
+
+
+@retention_classes.command("set")
+@click.argument("name")
+@click.option("--days", type=click.IntRange(min=0), default=None, help="New duration (0 allowed).")
+@click.option("--never", is_flag=True, help="Never expire.")
+@click.option("--reason", default="", help="Why (kept in the audit event).")
+def retention_classes_set(name: str, days: int | None, never: bool, reason: str) -> None:
+    """Change a class's duration for packages created or finalized from now on."""
+    from .errors import CasstoreError
+
+    if (days is None) == (not never):
+        raise click.UsageError("give exactly one of --days N or --never")
+    try:
+        cls = _store().retention.set_class_days(name, None if never else days, actor=_actor(), reason=reason)
+    except CasstoreError as exc:
+        _fail(exc)
+    click.echo(f"{cls.name}: {'never expires' if cls.days is None else f'{cls.days} days'}")
+
+
+@main.command()
+@click.option("--as-of", default=None, help="ISO 8601 time (default now).")
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+def eligibility(as_of: str | None, as_json: bool) -> None:
+    """Report packages eligible for deletion and the bytes deleting them would free. Deletes nothing."""
+    import json
+
+    from .services.manifest import iso
+
+    report = _store().eligibility.report(_when(as_of))
+    if as_json:
+        click.echo(json.dumps({
+            "as_of": iso(report.as_of), "reclaimable_bytes": report.reclaimable_bytes,
+            "shared_bytes": report.shared_bytes,
+            "packages": [{**p.__dict__, "expires_at": iso(p.expires_at)} for p in report.packages]}))
+        return
+    click.echo(f"eligible for deletion as of {iso(report.as_of)}: {len(report.packages)} package(s)")
+    if report.packages:
+        click.echo(f"{'package':<31} {'run_id':<32} {'class':<17} {'expired':<20} {'reclaimable':>12} {'shared':>12}")
+        for p in report.packages:
+            click.echo(f"{p.package_id:<31} {(p.run_id or '-')[:32]:<32} {p.retention_class:<17} "
+                       f"{iso(p.expires_at)[:19]:<20} {_size(p.reclaimable_bytes):>12} {_size(p.shared_bytes):>12}")
+    click.echo(f"total reclaimable {_size(report.reclaimable_bytes)}, shared with retained packages "
+               f"{_size(report.shared_bytes)}. Nothing was deleted: use `artifact-store delete`.")
+
+
+@main.command()
+@click.argument("package_id")
+@click.option("--reason", required=True, help="Why (kept in the retention and audit events).")
+def delete(package_id: str, reason: str) -> None:
+    """Delete an eligible package (a tombstone stays). Its bytes go at the next `gc`."""
+    from .errors import CasstoreError
+
+    try:
+        package = _store().eligibility.delete(package_id, actor=_actor(), reason=reason)
+    except CasstoreError as exc:
+        _fail(exc)
+    click.echo(f"{package.id} deleted; run `artifact-store gc` to free blobs nothing else holds")
+
+
+@main.command()
+@click.option("--orphan-grace", default="1h", show_default=True,
+              help="Leave objects no row knows alone until they are this old (an upload may be finishing).")
+@click.option("--json", "as_json", is_flag=True)
+def gc(orphan_grace: str, as_json: bool) -> None:
+    """Remove the bytes of blobs no live file entry references; safe while ingestion runs."""
+    import json
+
+    from .errors import CasstoreError
+
+    try:
+        report = _store().gc.run(actor=_actor(), orphan_grace=_duration(orphan_grace))
+    except CasstoreError as exc:
+        _fail(exc)
+    if as_json:
+        click.echo(json.dumps({k: v for k, v in report.__dict__.items() if k != "removed"}))
+    else:
+        click.echo(f"removed {report.blobs_removed} blob(s), {_size(report.bytes_freed)}; "
+                   f"{report.orphans_removed} orphan object(s), {_size(report.orphan_bytes_freed)}; "
+                   f"{report.skipped} candidate(s) taken back by writers")
+
+
+@main.command()
+@click.option("--deep", is_flag=True, help="Re-hash every blob's bytes (oldest-verified first).")
+@click.option("--max-duration", default=None, help="With --deep: stop after this long (90s, 15m, 6h); "
+              "the next run resumes where this one stopped.")
+@click.option("--repair-staging", default=None, help="Remove staging objects older than this (e.g. 1d).")
+def verify(deep: bool, max_duration: str | None, repair_staging: str | None) -> None:
+    """Check every invariant; one line per finding; exit 1 on any discrepancy."""
+    store = _store()
+    if repair_staging:
+        for key in store.verify.repair_staging(_duration(repair_staging)):
+            click.echo(f"removed\t{key}\tstale staging object")
+    budget = _duration(max_duration).total_seconds() if max_duration else None
+    report = store.verify.run(deep=deep, max_duration=budget)
+    for finding in report.findings:
+        click.echo(finding.line())
+    state = "complete" if report.complete else "stopped at --max-duration; the next run resumes"
+    click.echo(f"checked {report.blobs_checked} blobs, {report.packages_checked} finalized packages; "
+               f"re-hashed {report.blobs_rehashed} blobs ({_size(report.bytes_rehashed)}), {state}; "
+               f"{len(report.findings)} finding(s)", err=True)
+    raise SystemExit(0 if report.ok else 1)
+
+
 if __name__ == "__main__":
     main()

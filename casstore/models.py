@@ -20,7 +20,7 @@ from sqlmodel import Field, SQLModel
 PACKAGE_STATUSES = ("created", "uploading", "finalized", "failed", "deleted")
 LIVE_STATUSES = ("created", "uploading", "finalized", "failed")
 OPEN_STATUSES = ("created", "uploading")
-BLOB_STATES = ("present", "deleting")
+BLOB_STATES = ("present", "deleting", "missing")
 
 
 def utcnow() -> datetime:
@@ -92,7 +92,7 @@ class Blob(BlobBase, table=True):
     __table_args__ = (Index("ix_blob_refcount_state", "refcount", "state"),
                       Index("ix_blob_verified_at", "verified_at"),
                       CheckConstraint("refcount >= 0", name="ck_blob_refcount_nonnegative"),
-                      CheckConstraint("state IN ('present', 'deleting')", name="ck_blob_state"))
+                      CheckConstraint("state IN ('present', 'deleting', 'missing')", name="ck_blob_state"))
     refcount: int = Field(default=0, sa_type=BigInteger)
     state: str = Field(default="present", max_length=16)
     created_at: datetime = Field(default_factory=utcnow)

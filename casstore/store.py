@@ -9,9 +9,13 @@ from __future__ import annotations
 from .cas import BlobStore
 from .config import Settings
 from .db import Database
+from .services.audit import AuditService
+from .services.eligibility import EligibilityService
 from .services.files import FileService
+from .services.gc import GcService
 from .services.health import HealthService
 from .services.packages import PackageService
+from .services.retention import RetentionService
 from .services.verify import VerifyService
 from .storage import Storage, open_storage
 
@@ -26,6 +30,10 @@ class Store:
         self.files = FileService(self.db, self.blobs)
         self.health = HealthService(self.db, self.storage)
         self.verify = VerifyService(self.db, self.storage, self.blobs)
+        self.retention = RetentionService(self.db)
+        self.eligibility = EligibilityService(self.db, self.blobs)
+        self.gc = GcService(self.db, self.storage, self.blobs)
+        self.audit = AuditService(self.db)
 
     def missing_blobs(self, digests: list[str]) -> list[str]:
         """Which digests the store lacks (answered by the database, fresh)."""

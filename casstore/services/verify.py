@@ -2,12 +2,14 @@
 
 Checks (each failure is one Finding):
 
-* blob-missing / blob-size: a 'present' blob row whose object is absent or of another size;
+* blob-missing / blob-size: a blob row whose object is absent or of another size (the row is
+  marked 'missing', so existence answers stop claiming it and the next upload repairs it);
 * refcount: a blob's reference count differs from its live file entries + manifests;
 * manifest: a finalized package whose manifest blob is absent or hashes to something else;
 * orphan-object: an object under blobs/ that no row knows (reported; gc may remove it);
-* staging-object: an upload's staging object (normal while uploads run; stale ones
-  are removed by ``repair_staging``);
+* staging-object: a staging object older than an hour: an upload that died
+  (``repair_staging`` removes them); younger ones are listed as staging-active,
+  which is not a discrepancy;
 * corrupt (deep only): a blob's bytes no longer hash to its SHA-256.
 
 The deep scrub re-hashes blobs oldest-verified first and records each blob's
@@ -31,6 +33,9 @@ from ..db import Database
 from ..errors import StorageError
 from ..models import Blob, FileEntry, Package, utcnow
 from ..storage import Storage
+from . import audit
+
+STAGING_GRACE = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,8 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        return not [f for f in self.findings if f.kind != "staging-object"]
+        """No discrepancy (an upload in progress, 'staging-active', is not one)."""
+        return all(f.kind == "staging-active" for f in self.findings)
 
 
 class VerifyService:
@@ -82,13 +88,27 @@ class VerifyService:
 
     def _check_objects(self, rows: dict[str, tuple[int, str]], report: Report) -> None:
         for sha, (size, state) in rows.items():
-            if state != "present":
+            if state == "deleting":
                 continue
             info = self.storage.head(layout.blob_key(sha))
             if info is None:
                 report.findings.append(Finding("blob-missing", sha, "row exists, object is not on the backend"))
+                self._mark_missing(sha)
             elif info.size != size:
                 report.findings.append(Finding("blob-size", sha, f"row says {size} bytes, object has {info.size}"))
+                self._mark_missing(sha)
+
+    def _mark_missing(self, sha: str) -> None:
+        """Take a lost blob out of the existence answers, so the next upload of its bytes repairs it.
+
+        Until then POST /v1/blobs/missing names it and attach refuses it: a
+        producer re-sends the bytes instead of being told they already exist.
+        """
+        with self.db.write() as session:
+            rows = self.blobs.lock_rows(session, [sha])
+            if sha in rows and rows[sha].state == "present":
+                session.execute(update(Blob).where(Blob.sha256 == sha).values(state="missing"))
+                audit.record(session, "verify", "blob.missing", subject=f"sha256:{sha}")
 
     def _check_refcounts(self, report: Report) -> None:
         with self.db.read() as session:
@@ -132,9 +152,11 @@ class VerifyService:
             digest = layout.digest_from_blob_key(info.key)
             if digest is None or digest not in rows:
                 report.findings.append(Finding("orphan-object", info.key, f"{info.size} bytes, no blob row"))
+        stale_before = utcnow() - STAGING_GRACE
         for info in self.storage.list(layout.STAGING_PREFIX):
-            report.findings.append(Finding("staging-object", info.key,
-                                           f"{info.size} bytes, modified {info.last_modified.isoformat()}"))
+            made = layout.staging_key_time(info.key) or info.last_modified
+            kind = "staging-object" if made < stale_before else "staging-active"
+            report.findings.append(Finding(kind, info.key, f"{info.size} bytes, started {made.isoformat()}"))
 
     def _scrub(self, report: Report, max_duration: float | None) -> None:
         deadline = None if max_duration is None else time.monotonic() + max_duration
@@ -153,6 +175,7 @@ class VerifyService:
             report.bytes_rehashed += size
             if actual != sha:
                 report.findings.append(Finding("corrupt", sha, f"bytes hash to {actual}"))
+                self._mark_missing(sha)
                 continue
             with self.db.write() as session:
                 session.execute(update(Blob).where(Blob.sha256 == sha).values(verified_at=utcnow()))

@@ -45,7 +45,7 @@ def upgrade() -> None:
     sa.Column('state', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
     sa.Column('created_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
     sa.Column('verified_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
-    sa.CheckConstraint("state IN ('present', 'deleting')", name='ck_blob_state'),
+    sa.CheckConstraint("state IN ('present', 'deleting', 'missing')", name='ck_blob_state'),
     sa.CheckConstraint('refcount >= 0', name='ck_blob_refcount_nonnegative'),
     sa.PrimaryKeyConstraint('sha256')
     )

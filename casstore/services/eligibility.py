@@ -1,0 +1,131 @@
+"""Deletion eligibility, reported and never acted on by itself; and the explicit deletion.
+
+A package is eligible at a time T when it is not deleted, its expiry is at
+or before T, and it holds no active hold. For each eligible package the
+report gives ``reclaimable_bytes`` - the bytes of its blobs whose every live
+reference is in eligible packages - and ``shared_bytes`` - the bytes of its
+blobs that a package which is not eligible still holds. Totals count every
+blob once. Manifests are kept with tombstones, so they are never counted.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import exists, func, select
+from sqlmodel import Session
+
+from ..cas import BlobStore
+from ..db import Database
+from ..errors import Gone, InvalidInput, RetentionConflict
+from ..models import Blob, FileEntry, Hold, Package, RetentionEvent, utcnow
+from . import audit
+from .lookup import load_package
+from .manifest import iso
+from .retention import active_holds, why_not_eligible
+
+
+@dataclass
+class EligiblePackage:
+    package_id: str
+    run_id: str | None
+    producer: str
+    retention_class: str
+    expires_at: datetime
+    total_bytes: int
+    reclaimable_bytes: int = 0
+    shared_bytes: int = 0
+
+
+@dataclass
+class EligibilityReport:
+    as_of: datetime
+    packages: list[EligiblePackage] = field(default_factory=list)
+    reclaimable_bytes: int = 0
+    shared_bytes: int = 0
+
+
+def eligible_ids(as_of: datetime):
+    """The ids of packages eligible for deletion at ``as_of``, as a subquery."""
+    held = exists(select(Hold.id).where(Hold.package_id == Package.id, Hold.released_at.is_(None)))
+    return select(Package.id).where(Package.status != "deleted", Package.expires_at.is_not(None),
+                                    Package.expires_at <= as_of, ~held)
+
+
+class EligibilityService:
+    def __init__(self, db: Database, blobs: BlobStore) -> None:
+        self.db = db
+        self.blobs = blobs
+
+    def report(self, as_of: datetime | None = None) -> EligibilityReport:
+        as_of = as_of or utcnow()
+        report = EligibilityReport(as_of)
+        with self.db.read() as session:
+            ids = eligible_ids(as_of).subquery()
+            packages = list(session.scalars(select(Package).where(Package.id.in_(select(ids.c.id)))
+                                            .order_by(Package.expires_at, Package.id)))
+            if not packages:
+                return report
+            refs = session.execute(
+                select(FileEntry.package_id, FileEntry.blob_sha256, Blob.size)
+                .join(Blob, Blob.sha256 == FileEntry.blob_sha256)
+                .where(FileEntry.package_id.in_(select(ids.c.id)))
+                .distinct()).all()
+            live_elsewhere = select(FileEntry.blob_sha256).join(Package, Package.id == FileEntry.package_id).where(
+                Package.status != "deleted", FileEntry.package_id.not_in(select(ids.c.id)))
+            blocked = set(session.scalars(
+                select(FileEntry.blob_sha256).where(FileEntry.package_id.in_(select(ids.c.id)),
+                                                    FileEntry.blob_sha256.in_(live_elsewhere)).distinct()))
+        reclaim, shared = Counter(), Counter()
+        free_blobs, shared_blobs = {}, {}
+        for package_id, sha, size in refs:
+            if sha in blocked:
+                shared[package_id] += size
+                shared_blobs[sha] = size
+            else:
+                reclaim[package_id] += size
+                free_blobs[sha] = size
+        for p in packages:
+            report.packages.append(EligiblePackage(p.id, p.run_id, p.producer, p.retention_class, p.expires_at,
+                                                   p.total_bytes, reclaim[p.id], shared[p.id]))
+        report.reclaimable_bytes = sum(free_blobs.values())
+        report.shared_bytes = sum(shared_blobs.values())
+        return report
+
+    def delete(self, package_id: str, *, actor: str, reason: str) -> Package:
+        """Delete an eligible package: it becomes a tombstone, its entries stop holding blobs.
+
+        The bytes stay until gc removes blobs that nothing live references.
+        """
+        if not reason or not reason.strip():
+            raise InvalidInput("deleting a package needs a reason")
+        now = utcnow()
+        with self.db.write() as session:
+            package = load_package(session, package_id, lock=True, db=self.db)
+            if package.status == "deleted":
+                raise Gone(f"package {package_id} was already deleted at {iso(package.deleted_at)}")
+            reasons = why_not_eligible(package, active_holds(session, package_id), now)
+            if reasons:
+                raise RetentionConflict(f"package {package_id} is not eligible for deletion: " + "; ".join(reasons),
+                                        not_eligible_because=reasons)
+            counts = self._entry_counts(session, package_id)
+            self.blobs.lock_rows(session, sorted(counts))
+            self.blobs.add_refs(session, {sha: -n for sha, n in counts.items()})
+            before = {"status": package.status}
+            package.status, package.deleted_at = "deleted", now
+            session.add(package)
+            session.add(RetentionEvent(package_id=package_id, at=now, actor=actor, kind="deleted", before=before,
+                                       after={"status": "deleted"}, reason=reason))
+            audit.record(session, actor, "package.deleted", package_id=package_id, reason=reason,
+                         released_references=sum(counts.values()), expires_at=iso(package.expires_at))
+            session.flush()
+            return package
+
+    @staticmethod
+    def _entry_counts(session: Session, package_id: str) -> dict[str, int]:
+        return dict(session.execute(select(FileEntry.blob_sha256, func.count())
+                                    .where(FileEntry.package_id == package_id)
+                                    .group_by(FileEntry.blob_sha256)).all())
+

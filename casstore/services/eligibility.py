@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import exists, func, select
+from sqlalchemy import delete, exists, func, select
 from sqlmodel import Session
 
 from ..cas import BlobStore
@@ -97,6 +97,9 @@ class EligibilityService:
     def delete(self, package_id: str, *, actor: str, reason: str) -> Package:
         """Delete an eligible package: it becomes a tombstone, its entries stop holding blobs.
 
+        The package row (metadata, counts, manifest digest) and its events stay;
+        its file entries go, and the manifest blob - still referenced by the
+        tombstone - keeps the exact record of every path and digest it held.
         The bytes stay until gc removes blobs that nothing live references.
         """
         if not reason or not reason.strip():
@@ -113,6 +116,8 @@ class EligibilityService:
             counts = self._entry_counts(session, package_id)
             self.blobs.lock_rows(session, sorted(counts))
             self.blobs.add_refs(session, {sha: -n for sha, n in counts.items()})
+            # The manifest (kept, and still referenced) is the record of what the package held.
+            session.execute(delete(FileEntry).where(FileEntry.package_id == package_id))
             before = {"status": package.status}
             package.status, package.deleted_at = "deleted", now
             session.add(package)

@@ -39,7 +39,7 @@ from sqlmodel import Session
 from . import layout
 from .db import Database
 from .digests import Digests, Hasher
-from .errors import DigestMismatch, ObjectMissing
+from .errors import DigestMismatch, ObjectMissing, StorageError
 from .models import Blob, StorageLocation, utcnow
 from .services import audit
 from .storage import Storage
@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 SMALL_BLOB = 1 << 20
 CHUNK = 1 << 20
+MAX_CLAIM_ROUNDS = 10
 
 
 @dataclass
@@ -132,7 +133,7 @@ class BlobStore:
 
     # 1 + 2: stage and check -------------------------------------------------
     def stage(self, chunks: Iterable[bytes], expected_sha256: str | None = None,
-              small_limit: int | None = None) -> StagedBlob:
+              small_limit: int | None = None, size_hint: int | None = None) -> StagedBlob:
         """Take in a stream of bytes, hashing as it goes; raise DigestMismatch on a wrong digest.
 
         Bodies of at most ``small_limit`` bytes (default SMALL_BLOB) stay in memory.
@@ -144,7 +145,7 @@ class BlobStore:
             hasher.update(head)
             staged = StagedBlob(hasher.result(), data=head)
         else:
-            staged = self._stage_large(_prepend(head, it))
+            staged = self._stage_large(_prepend(head, it), size_hint)
         if expected_sha256 is not None and staged.sha256 != expected_sha256:
             self.discard(staged)
             raise DigestMismatch(
@@ -158,11 +159,11 @@ class BlobStore:
         hasher.update(data)
         return StagedBlob(hasher.result(), data=data)
 
-    def _stage_large(self, chunks: Iterator[bytes]) -> StagedBlob:
+    def _stage_large(self, chunks: Iterator[bytes], size_hint: int | None = None) -> StagedBlob:
         key = layout.new_staging_key()
         hasher = Hasher()
         try:
-            self.storage.put_stream(key, _hashed(chunks, hasher))
+            self.storage.put_stream(key, _hashed(chunks, hasher), size_hint=size_hint)
         except BaseException:
             self.storage.delete(key)
             raise
@@ -202,8 +203,20 @@ class BlobStore:
         taking the row to 'deleting'. Returns every locked row by digest.
         """
         by_digest = {s.sha256: s for s in staged}
-        new = self._insert_missing_rows(session, [by_digest[d] for d in sorted(by_digest)])
-        rows = self.lock_rows(session, sorted(set(by_digest) | set(also_lock)))
+        wanted = sorted(set(by_digest) | set(also_lock))
+        new: set[str] = set()
+        absent = sorted(by_digest)
+        for _ in range(MAX_CLAIM_ROUNDS):
+            # Between our insert (which found a row) and our lock, a concurrent gc may have removed
+            # that row (PostgreSQL, read committed): insert what is absent again until all are held.
+            new |= self._insert_missing_rows(session, [by_digest[d] for d in absent])
+            rows = self.lock_rows(session, wanted)
+            absent = [d for d in sorted(by_digest) if d not in rows]
+            if not absent:
+                break
+        else:
+            raise StorageError("could not hold the blob rows against concurrent gc; retry the request")
+        self._insert_locations(session, [by_digest[d] for d in sorted(by_digest)])
         revived = []
         for row in rows.values():
             blob = by_digest.get(row.sha256)
@@ -234,11 +247,16 @@ class BlobStore:
             insert(Blob.__table__).on_conflict_do_nothing().returning(Blob.__table__.c.sha256),
             [dict(sha256=s.sha256, size=s.size, blake3=s.digests.blake3, refcount=0, state="present",
                   created_at=now, verified_at=None) for s in staged]).scalars().all()
+        return set(inserted)
+
+    def _insert_locations(self, session: Session, staged: list[StagedBlob]) -> None:
+        """Where each blob's bytes are; the blob rows must be held (locked) already."""
+        if not staged:
+            return
         backend = self.storage.backend
-        conn.execute(insert(StorageLocation.__table__).on_conflict_do_nothing(), [
+        session.connection().execute(_insert_for(session)(StorageLocation.__table__).on_conflict_do_nothing(), [
             dict(blob_sha256=s.sha256, backend=backend, object_key=layout.blob_key(s.sha256),
                  offset=0, length=s.size) for s in staged])
-        return set(inserted)
 
     def lock_rows(self, session: Session, digests: list[str]) -> dict[str, BlobRow]:
         """Lock blob rows in digest order (a fixed order: no deadlocks between batches)."""
@@ -275,15 +293,16 @@ class BlobStore:
         table = Blob.__table__
         with self.db.write() as session:
             row = self.lock_rows(session, [sha256]).get(sha256)
-            if row is None:
+            if row is None:  # an object no row knows: claim it with a 'deleting' row of our own
                 info = self.storage.head(layout.blob_key(sha256))
                 if info is None:
                     return None
-                session.connection().execute(table.insert().values(
+                session.connection().execute(_insert_for(session)(table).on_conflict_do_nothing().values(
                     sha256=sha256, size=info.size, blake3="", refcount=0, state="deleting", created_at=utcnow()))
-            elif row.refcount > 0:
+                row = self.lock_rows(session, [sha256]).get(sha256)  # ours, or a writer's that won the race
+            if row is None or row.refcount > 0:
                 return None
-            else:
+            if row.state != "deleting":
                 session.connection().execute(update(table).where(table.c.sha256 == sha256).values(state="deleting"))
         with self.db.write() as session:
             row = self.lock_rows(session, [sha256]).get(sha256)

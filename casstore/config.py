@@ -8,6 +8,7 @@
 | ARTIFACT_STORE_HOST / ARTIFACT_STORE_PORT | 127.0.0.1 / 8080                       |
 | ARTIFACT_STORE_DEFAULT_RETENTION_CLASS  | raw-evidence (for producers with no default of their own) |
 | ARTIFACT_STORE_PUBLIC_URL               | http://<host>:<port> (links in answers)  |
+| ARTIFACT_STORE_S3_*                     | S3 / Ceph RGW settings (see S3Options)   |
 """
 
 from __future__ import annotations
@@ -15,6 +16,50 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+
+@dataclass(frozen=True)
+class S3Options:
+    """S3 / Ceph RGW settings; unset values fall back to the AWS_* variables obstore reads."""
+
+    endpoint: str | None = None
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    path_style: bool = True
+    allow_http: bool | None = None
+    part_size: int = 8 << 20
+    concurrency: int = 4
+    timeout_s: float = 60
+    retries: int = 5
+
+    def __repr__(self) -> str:  # never print the secret
+        return f"S3Options(endpoint={self.endpoint!r}, region={self.region!r}, path_style={self.path_style})"
+
+
+    @classmethod
+    def from_env(cls, env) -> "S3Options":
+        secret = env.get("ARTIFACT_STORE_S3_SECRET_ACCESS_KEY")
+        secret_file = env.get("ARTIFACT_STORE_S3_SECRET_ACCESS_KEY_FILE")
+        if secret_file:
+            with open(secret_file) as f:
+                secret = f.read().strip()
+        allow = env.get("ARTIFACT_STORE_S3_ALLOW_HTTP")
+        addressing = env.get("ARTIFACT_STORE_S3_ADDRESSING", "path")
+        if addressing not in ("path", "virtual"):
+            raise ValueError("ARTIFACT_STORE_S3_ADDRESSING is 'path' or 'virtual'")
+        return cls(
+            endpoint=env.get("ARTIFACT_STORE_S3_ENDPOINT") or None,
+            region=env.get("ARTIFACT_STORE_S3_REGION") or None,
+            access_key_id=env.get("ARTIFACT_STORE_S3_ACCESS_KEY_ID") or None,
+            secret_access_key=secret or None,
+            path_style=addressing == "path",
+            allow_http=None if allow is None else allow.lower() in ("1", "true", "yes"),
+            part_size=int(float(env.get("ARTIFACT_STORE_S3_PART_SIZE_MIB", "8")) * (1 << 20)),
+            concurrency=int(env.get("ARTIFACT_STORE_S3_CONCURRENCY", "4")),
+            timeout_s=float(env.get("ARTIFACT_STORE_S3_TIMEOUT", "60")),
+            retries=int(env.get("ARTIFACT_STORE_S3_RETRIES", "5")),
+        )
 
 
 @dataclass(frozen=True)
@@ -26,7 +71,7 @@ class Settings:
     port: int = 8080
     default_retention_class: str = "raw-evidence"
     public_url: str = ""
-    storage_options: dict = field(default_factory=dict)
+    s3: S3Options = field(default_factory=S3Options)
 
     @classmethod
     def from_env(cls, env: dict | None = None, **overrides) -> "Settings":
@@ -44,6 +89,7 @@ class Settings:
             port=port,
             default_retention_class=env.get("ARTIFACT_STORE_DEFAULT_RETENTION_CLASS", "raw-evidence"),
             public_url=env.get("ARTIFACT_STORE_PUBLIC_URL", ""),
+            s3=S3Options.from_env(env),
         )
         values.update(overrides)
         return cls(**values)

@@ -10,6 +10,10 @@ every obstore or OS error into casstore's own at this boundary:
 
 Backends are chosen by URL: ``file:///abs/path`` (the embedded default),
 ``memory:///`` (tests), ``s3://bucket/prefix`` (S3-compatible, Ceph RGW).
+
+``probe()`` asks the backend, at start-up, whether it refuses to overwrite on
+a conditional create and on a no-overwrite copy, instead of assuming it (one
+field report saw Ceph RGW ignore If-None-Match).
 """
 
 from __future__ import annotations
@@ -24,12 +28,15 @@ from typing import Protocol
 from urllib.parse import unquote, urlparse
 
 import obstore
-from obstore.exceptions import AlreadyExistsError, BaseError
+from obstore.exceptions import AlreadyExistsError, BaseError, NotSupportedError
 from obstore.store import LocalStore, MemoryStore
 
+from .config import S3Options
 from .errors import ObjectMissing, StorageError
 
 READ_CHUNK = 1 << 20
+MIN_PART = 5 << 20  # S3: every part but the last is 5 MiB to 5 GiB
+MAX_PARTS = 10_000
 
 
 @dataclass(frozen=True)
@@ -46,7 +53,7 @@ class Storage(Protocol):
 
     backend: str
 
-    def put_stream(self, key: str, chunks: Iterable[bytes]) -> None: ...
+    def put_stream(self, key: str, chunks: Iterable[bytes], size_hint: int | None = None) -> None: ...
 
     def put_if_absent(self, key: str, data: bytes) -> bool: ...
 
@@ -85,11 +92,17 @@ class ObjectStorage:
         self._part_size = part_size
         self._concurrency = concurrency
 
-    def put_stream(self, key: str, chunks: Iterable[bytes]) -> None:
-        """Write an object from an iterable of chunks, multipart on S3; atomic at ``key``."""
+    def put_stream(self, key: str, chunks: Iterable[bytes], size_hint: int | None = None) -> None:
+        """Write an object from an iterable of chunks, multipart on S3; atomic at ``key``.
+
+        With a size hint the part size grows so that the object fits in S3's
+        10,000 parts (8 MiB parts would stop at 78 GiB).
+        """
+        part = self._part_size
+        if size_hint:
+            part = max(part, -(-size_hint // (MAX_PARTS - 1)))
         with _mapped(key):
-            obstore.put(self._store, key, iter(chunks), chunk_size=self._part_size,
-                        max_concurrency=self._concurrency)
+            obstore.put(self._store, key, iter(chunks), chunk_size=part, max_concurrency=self._concurrency)
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         """Write a small buffer at ``key`` unless an object is there; True if written.
@@ -106,14 +119,24 @@ class ObjectStorage:
         return True
 
     def copy_if_absent(self, src: str, dst: str) -> bool:
-        """Copy ``src`` to ``dst`` unless ``dst`` exists; True if copied (a hard link locally)."""
+        """Copy ``src`` to ``dst`` unless ``dst`` exists; True if copied (a hard link locally).
+
+        A backend without copy-if-not-exists gets a look, then a plain copy:
+        keys are content hashes, so the worst a race can do is write the
+        same bytes twice, atomically.
+        """
         try:
             with _mapped(src):
                 obstore.copy(self._store, src, dst, overwrite=False)
         except StorageError as exc:
             if isinstance(exc.__cause__, AlreadyExistsError):
                 return False
-            raise
+            if not isinstance(exc.__cause__, NotSupportedError):
+                raise
+            if self.head(dst) is not None:
+                return False
+            with _mapped(src):
+                obstore.copy(self._store, src, dst, overwrite=True)
         return True
 
     def get(self, key: str, start: int | None = None, end: int | None = None) -> Iterator[bytes]:
@@ -157,6 +180,31 @@ class ObjectStorage:
                     yield _info(meta)
 
 
+    def probe(self) -> dict:
+        """What this backend really does with conditional writes (answers are True/False/error text)."""
+        from ulid import ULID
+
+        base = f"health/probe-{ULID()}"
+        result = {}
+        try:
+            self.put_stream(f"{base}/a", [b"first"])
+            try:
+                created = self.put_if_absent(f"{base}/a", b"second")
+                result["conditional_create"] = (not created) and b"".join(self.get(f"{base}/a")) == b"first"
+            except StorageError as exc:
+                result["conditional_create"] = f"unsupported: {exc.detail[:200]}"
+            self.put_stream(f"{base}/b", [b"other"])
+            try:
+                copied = self.copy_if_absent(f"{base}/b", f"{base}/a")
+                result["copy_if_not_exists"] = (not copied) and b"".join(self.get(f"{base}/a")) == b"first"
+            except StorageError as exc:
+                result["copy_if_not_exists"] = f"unsupported: {exc.detail[:200]}"
+        finally:
+            for key in (f"{base}/a", f"{base}/b"):
+                self.delete(key)
+        return result
+
+
 class LocalStorage(ObjectStorage):
     """The embedded default: a folder on the local filesystem."""
 
@@ -185,11 +233,44 @@ class LocalStorage(ObjectStorage):
         return super().list(prefix)
 
 
-def open_storage(url: str, **kwargs) -> ObjectStorage:
+def _s3_store(bucket: str, prefix: str, options: S3Options):
+    from datetime import timedelta
+
+    from obstore.store import S3Store
+
+    config = {"virtual_hosted_style_request": not options.path_style,
+              "conditional_put": "etag", "copy_if_not_exists": "multipart"}
+    for key, value in (("endpoint", options.endpoint), ("region", options.region),
+                       ("access_key_id", options.access_key_id), ("secret_access_key", options.secret_access_key)):
+        if value:
+            config[key] = value
+    client = {"timeout": f"{int(options.timeout_s)}s", "connect_timeout": "10s"}
+    if options.allow_http is not None:
+        client["allow_http"] = options.allow_http
+    retry = {"max_retries": options.retries, "retry_timeout": timedelta(seconds=max(options.timeout_s * 3, 30))}
+    return S3Store(bucket, prefix=prefix or None, client_options=client, retry_config=retry, **config)
+
+
+class S3Storage(ObjectStorage):
+    """An S3-compatible bucket (AWS S3, Ceph RGW, SeaweedFS), multipart for large objects."""
+
+    def __init__(self, bucket: str, prefix: str, options: S3Options) -> None:
+        if options.part_size < MIN_PART:
+            raise StorageError(f"S3 multipart parts are at least 5 MiB, not {options.part_size}")
+        super().__init__(_s3_store(bucket, prefix, options), "s3", part_size=options.part_size,
+                         concurrency=options.concurrency)
+        self.bucket, self.prefix = bucket, prefix
+
+
+def open_storage(url: str, s3: S3Options | None = None, **kwargs) -> ObjectStorage:
     """Open the backend an ``ARTIFACT_STORE_STORAGE_URL`` names."""
     parsed = urlparse(url)
     if parsed.scheme == "file":
         return LocalStorage(unquote(parsed.path), **kwargs)
     if parsed.scheme == "memory":
         return ObjectStorage(MemoryStore(), "memory", **kwargs)
+    if parsed.scheme in ("s3", "s3a"):
+        if not parsed.netloc:
+            raise StorageError("an s3:// storage URL names a bucket: s3://bucket/prefix")
+        return S3Storage(parsed.netloc, unquote(parsed.path).strip("/"), s3 or S3Options())
     raise StorageError(f"unsupported storage URL scheme: {parsed.scheme!r}")

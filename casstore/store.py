@@ -24,7 +24,7 @@ class Store:
     def __init__(self, settings: Settings, storage: Storage | None = None, db: Database | None = None) -> None:
         self.settings = settings
         self.db = db or Database(settings.database_url)
-        self.storage = storage or open_storage(settings.storage_url, **settings.storage_options)
+        self.storage = storage or open_storage(settings.storage_url, s3=settings.s3)
         self.blobs = BlobStore(self.storage, self.db)
         self.packages = PackageService(self.db, self.blobs, settings.default_retention_class)
         self.files = FileService(self.db, self.blobs)

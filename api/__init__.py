@@ -40,7 +40,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.json.sort_keys = False  # producer metadata comes back in the order it was given
     app.url_map.merge_slashes = False  # 'a//b' must reach validation, not be rewritten
     app.url_map.converters["anypath"] = AnyPathConverter
-    app.extensions["casstore"] = store or Store(settings)
+    app.extensions["casstore"] = store = store or Store(settings)
+    store.capabilities  # probe the backend's conditional writes now, not on the first request
     api = problems.ProblemApi(app, spec_kwargs={"info": {"description": DESCRIPTION}})
     problems.register(app)
     for module in (packages, files, retention, blobs, eligibility, audit, retention_classes, health):

@@ -86,7 +86,8 @@ class FileItem(MethodView):
         """Stream one file in; the server hashes it (422 if it differs from Content-Digest)."""
         return context.store().files.put(
             package_id, context.raw_logical_path(PATH_PREFIX_SEGMENTS), body_chunks(), actor=context.actor(),
-            media_type=media_type(), expected_sha256=expected_digest(), replace=query["replace"])
+            media_type=media_type(), expected_sha256=expected_digest(), replace=query["replace"],
+            size_hint=request.content_length)
 
     @blp.response(200, content_type="application/octet-stream", description="the file's bytes")
     @blp.alt_response(206, description="the requested byte range")

@@ -68,6 +68,14 @@ class Storage(Protocol):
     def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
 
 
+def part_size_for(size_hint: int | None, configured: int) -> int:
+    """The multipart part size for an object of about ``size_hint`` bytes: at least the
+    configured size, and large enough that the object needs fewer than 10,000 parts."""
+    if not size_hint:
+        return configured
+    return max(configured, -(-size_hint // (MAX_PARTS - 1)))
+
+
 @contextmanager
 def _mapped(key: str):
     """Translate obstore/OS errors into casstore's at the boundary."""
@@ -98,9 +106,7 @@ class ObjectStorage:
         With a size hint the part size grows so that the object fits in S3's
         10,000 parts (8 MiB parts would stop at 78 GiB).
         """
-        part = self._part_size
-        if size_hint:
-            part = max(part, -(-size_hint // (MAX_PARTS - 1)))
+        part = part_size_for(size_hint, self._part_size)
         with _mapped(key):
             obstore.put(self._store, key, iter(chunks), chunk_size=part, max_concurrency=self._concurrency)
 

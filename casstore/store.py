@@ -28,12 +28,23 @@ class Store:
         self.blobs = BlobStore(self.storage, self.db)
         self.packages = PackageService(self.db, self.blobs, settings.default_retention_class)
         self.files = FileService(self.db, self.blobs)
-        self.health = HealthService(self.db, self.storage)
+        self.health = HealthService(self.db, self.storage, lambda: self.capabilities)
         self.verify = VerifyService(self.db, self.storage, self.blobs)
         self.retention = RetentionService(self.db)
         self.eligibility = EligibilityService(self.db, self.blobs)
         self.gc = GcService(self.db, self.storage, self.blobs)
         self.audit = AuditService(self.db)
+        self._capabilities: dict | None = None
+
+    @property
+    def capabilities(self) -> dict:
+        """What the backend really does with conditional writes, probed once (at start-up)."""
+        if self._capabilities is None:
+            try:
+                self._capabilities = self.storage.probe()
+            except Exception as exc:  # a backend that is down at start-up: report it, probe again later
+                return {"error": f"{type(exc).__name__}: {exc}"[:300]}
+        return self._capabilities
 
     def missing_blobs(self, digests: list[str]) -> list[str]:
         """Which digests the store lacks (answered by the database, fresh)."""

@@ -1,14 +1,35 @@
-"""The backends every storage conformance test runs on (S3 joins when a server is configured)."""
+"""The backends every storage conformance test runs on.
+
+S3 joins when ARTIFACT_STORE_TEST_S3_ENDPOINT names a real S3-compatible server
+(.ci/run starts SeaweedFS); each test then works under a prefix of its own.
+"""
 
 from __future__ import annotations
 
 import os
+import uuid
 
 import pytest
 
-from casstore.storage import LocalStorage, open_storage
+from casstore.config import S3Options
+from casstore.storage import LocalStorage, S3Storage, open_storage
 
-BACKENDS = ["local", "memory"]
+S3_ENDPOINT = os.environ.get("ARTIFACT_STORE_TEST_S3_ENDPOINT", "")
+S3_BUCKET = os.environ.get("ARTIFACT_STORE_TEST_S3_BUCKET", "test")
+BACKENDS = ["local", "memory", "s3"]
+
+
+def s3_options(**overrides) -> S3Options:
+    values = dict(endpoint=S3_ENDPOINT, region="us-east-1",
+                  access_key_id=os.environ.get("ARTIFACT_STORE_TEST_S3_ACCESS_KEY_ID", "testkey"),
+                  secret_access_key=os.environ.get("ARTIFACT_STORE_TEST_S3_SECRET_ACCESS_KEY", "testsecret"),
+                  allow_http=True, part_size=5 << 20, timeout_s=30, retries=2)
+    values.update(overrides)
+    return S3Options(**values)
+
+
+def s3_url(prefix: str | None = None) -> str:
+    return f"s3://{S3_BUCKET}/{prefix or 't-' + uuid.uuid4().hex[:12]}"
 
 
 def make_storage(kind: str, tmp_path):
@@ -16,6 +37,10 @@ def make_storage(kind: str, tmp_path):
         return LocalStorage(str(tmp_path / "objects"))
     if kind == "memory":
         return open_storage("memory:///")
+    if kind == "s3":
+        if not S3_ENDPOINT:
+            pytest.skip("no S3-compatible server (set ARTIFACT_STORE_TEST_S3_ENDPOINT; .ci/run starts SeaweedFS)")
+        return open_storage(s3_url(), s3=s3_options())
     raise pytest.skip.Exception(f"unknown backend {kind}")
 
 
@@ -30,3 +55,6 @@ def remaining_keys(storage) -> list[str]:
                 if rel not in keys:
                     keys.append(rel)
     return sorted(keys)
+
+
+__all__ = ["BACKENDS", "S3Storage", "make_storage", "remaining_keys", "s3_options", "s3_url"]

@@ -114,3 +114,22 @@ def test_failed_stream_leaves_nothing(storage):
     with pytest.raises(Exception):
         storage.put_stream("partial", broken())
     assert storage.head("partial") is None
+
+
+def test_probe_reports_conditional_writes(storage):
+    capabilities = storage.probe()
+    assert capabilities == {"conditional_create": True, "copy_if_not_exists": True}
+
+
+def test_size_hint_is_accepted(storage):
+    storage.put_stream("hinted", [b"x" * 100], size_hint=200 << 30)
+    assert b"".join(storage.get("hinted")) == b"x" * 100
+    storage.delete("hinted")
+
+
+@pytest.mark.parametrize("size", [0, 1, 8 << 20, 78 << 30, 200 << 30, 5 << 40])
+def test_part_size_fits_s3_limits(size):
+    from casstore.storage import MAX_PARTS, MIN_PART, part_size_for
+
+    part = part_size_for(size, 8 << 20)
+    assert part >= MIN_PART and -(-size // part) < MAX_PARTS

@@ -78,11 +78,11 @@ class FileService:
 
     def put(self, package_id: str, path: str, chunks: Iterable[bytes], *, actor: str,
             media_type: str | None = None, expected_sha256: str | None = None,
-            replace: bool = False) -> Entry:
+            replace: bool = False, size_hint: int | None = None) -> Entry:
         """Stream one file's bytes in and add it at ``path``."""
         validate_path(path)
         self.check_writable(package_id, [path], replace)
-        staged = self.blobs.stage(chunks, expected_sha256)
+        staged = self.blobs.stage(chunks, expected_sha256, size_hint=size_hint)
         entry = Entry(path, staged.sha256, staged.size, media_type or guess_media_type(path))
         return self._place_and_commit(package_id, [entry], [staged], replace, actor, "package.file_uploaded")[0]
 

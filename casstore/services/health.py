@@ -25,9 +25,10 @@ def _timed(check) -> dict:
 
 
 class HealthService:
-    def __init__(self, db: Database, storage: Storage) -> None:
+    def __init__(self, db: Database, storage: Storage, capabilities=lambda: {}) -> None:
         self.db = db
         self.storage = storage
+        self.capabilities = capabilities
 
     def check(self) -> dict:
         """{status, database, storage}; status is 'ok' only when both are."""
@@ -49,4 +50,4 @@ class HealthService:
                 raise RuntimeError("probe object read back different bytes")
         finally:
             self.storage.delete(key)
-        return {"backend": self.storage.backend}
+        return {"backend": self.storage.backend, "capabilities": self.capabilities()}

@@ -18,6 +18,7 @@ import pytest
 import requests
 
 GC_ROUNDS = 500
+PACKAGES_PER_ROUND = 4
 SHARED = [os.urandom(random.Random(i).randint(10, 4000)) for i in range(16)] + [os.urandom((1 << 20) + 7)]
 
 
@@ -26,9 +27,9 @@ def sha(data: bytes) -> str:
 
 
 class Worker(threading.Thread):
-    def __init__(self, server, seed: int, stop: threading.Event, errors: list) -> None:
+    def __init__(self, server, seed: int, stop: threading.Event, errors: list, pace: threading.Semaphore) -> None:
         super().__init__(daemon=True)
-        self.server, self.rng, self.stop, self.errors = server, random.Random(seed), stop, errors
+        self.server, self.rng, self.stop, self.errors, self.pace = server, random.Random(seed), stop, errors, pace
         self.kept: dict[str, dict[str, bytes]] = {}
         self.deleted = 0
         self.reuploads = 0
@@ -37,7 +38,8 @@ class Worker(threading.Thread):
         http = requests.Session()
         try:
             while not self.stop.is_set():
-                self.one_package(http)
+                if self.pace.acquire(timeout=0.1):  # the gc loop hands out packages, so both keep pace
+                    self.one_package(http)
         except Exception as exc:  # surfaced by the test
             self.errors.append(repr(exc))
 
@@ -77,13 +79,15 @@ class Worker(threading.Thread):
 @pytest.mark.slow
 def test_gc_loop_beside_ingestion_and_attach(server, store):
     store.retention.set_class_days("transient", 0, actor="test")  # every package is eligible at once
-    stop, errors = threading.Event(), []
-    workers = [Worker(server, seed, stop, errors) for seed in range(4)]
+    stop, errors, pace = threading.Event(), [], threading.Semaphore(0)
+    workers = [Worker(server, seed, stop, errors, pace) for seed in range(4)]
     for w in workers:
         w.start()
     rounds, freed, started = 0, 0, time.monotonic()
     try:
         while rounds < GC_ROUNDS and not errors:
+            for _ in range(PACKAGES_PER_ROUND):
+                pace.release()
             report = store.gc.run(actor="gc-loop", orphan_grace=timedelta(0))
             freed += report.blobs_removed + report.orphans_removed
             rounds += 1

@@ -11,7 +11,7 @@ from casstore.digests import content_digest_header, parse_content_digest, parse_
 from casstore.errors import InvalidDigest
 
 from . import context
-from .schemas import AttachRequest, AttachResult, FilePage, FileEntryOut, FileQuery, TarResult, UploadQuery
+from .schemas import AttachRequest, AttachResult, FileEntryOut, FilePage, FileQuery, TarResult, UploadQuery
 
 blp = Blueprint("files", __name__, url_prefix="/v1/packages", description="Files of a package")
 

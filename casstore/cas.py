@@ -27,11 +27,10 @@ online-gc design; see design/LESSONS.md).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-
 import logging
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from sqlalchemy import bindparam, delete, select, update
 from sqlmodel import Session

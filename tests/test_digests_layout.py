@@ -4,7 +4,8 @@ import base64
 import hashlib
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from casstore import layout
 from casstore.digests import content_digest_header, digest_bytes, parse_content_digest, parse_sha256

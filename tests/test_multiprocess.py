@@ -6,7 +6,6 @@ and ARTIFACT_STORE_TEST_S3_ENDPOINT (SeaweedFS).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -22,15 +21,12 @@ import requests
 from tests.conftest import PG_URL
 from tests.serverproc import ServerProcess
 from tests.storage_backends import S3_ENDPOINT, s3_url
+from tests.workload import PackageChurn
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not (PG_URL and S3_ENDPOINT),
                                 reason="needs PostgreSQL and an S3-compatible server (.ci/run starts both)")
 SHARED = [os.urandom(random.Random(i).randint(100, 5000)) for i in range(12)] + [os.urandom(6 << 20)]
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def environment(database_url: str, tmp_path: Path) -> dict:
@@ -46,54 +42,6 @@ def cli(env: dict, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, cwd=ROOT, timeout=600)
 
 
-class Client(threading.Thread):
-    """Creates on one process, uploads and attaches through either, finalizes and deletes on the other."""
-
-    def __init__(self, urls: list[str], seed: int, stop: threading.Event, errors: list) -> None:
-        super().__init__(daemon=True)
-        self.urls, self.rng, self.stop, self.errors = urls, random.Random(seed), stop, errors
-        self.kept: dict[str, dict[str, bytes]] = {}
-        self.done = 0
-
-    def url(self) -> str:
-        return self.rng.choice(self.urls)
-
-    def run(self) -> None:
-        http = requests.Session()
-        try:
-            while not self.stop.is_set():
-                self.one(http)
-        except Exception as exc:
-            self.errors.append(repr(exc))
-
-    def one(self, http) -> None:
-        pkg = http.post(f"{self.url()}/v1/packages", json={"producer": "mp", "retention_class": "transient"}).json()["id"]
-        files = {f"shared/{i}": d for i, d in enumerate(self.rng.sample(SHARED, 4))}
-        files.update({f"own/{i}": os.urandom(self.rng.randint(1, 4000)) for i in range(2)})
-        missing = set(http.post(f"{self.url()}/v1/blobs/missing",
-                                json={"digests": [sha(d) for d in files.values()]}).json()["missing"])
-        known = [{"path": p, "sha256": sha(d)} for p, d in files.items() if sha(d) not in missing]
-        upload = [p for p, d in files.items() if sha(d) in missing]
-        if known:
-            answer = http.post(f"{self.url()}/v1/packages/{pkg}/attach", json={"files": known})
-            assert answer.status_code == 200, answer.text
-            lost = set(answer.json()["missing"])
-            upload += [i["path"] for i in known if i["sha256"] in lost]
-        for path in upload:
-            r = http.put(f"{self.url()}/v1/packages/{pkg}/files/{path}", data=files[path],
-                         headers={"X-Checksum-Sha256": sha(files[path])})
-            assert r.status_code == 201, r.text
-        done = http.post(f"{self.url()}/v1/packages/{pkg}/finalize")
-        assert done.status_code == 200 and done.json()["file_count"] == 6, done.text
-        self.kept[pkg] = files
-        while len(self.kept) > 2:
-            oldest = next(iter(self.kept))
-            r = http.delete(f"{self.url()}/v1/packages/{oldest}", params={"reason": "multi-process test"})
-            assert r.status_code == 200, r.text
-            del self.kept[oldest]
-        self.done += 1
-
-
 @pytest.mark.slow
 def test_two_api_processes_and_a_gc_process(tmp_path, database_url):
     env = environment(database_url, tmp_path)
@@ -107,7 +55,7 @@ def test_two_api_processes_and_a_gc_process(tmp_path, database_url):
     gc = subprocess.Popen([sys.executable, "-m", "tests.gc_loop", str(stop_file)], env={**os.environ, **env},
                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stop, errors = threading.Event(), []
-    clients = [Client([s.url for s in servers], seed, stop, errors) for seed in range(6)]
+    clients = [PackageChurn([s.url for s in servers], SHARED, seed, stop, errors) for seed in range(6)]
     try:
         for c in clients:
             c.start()

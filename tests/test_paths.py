@@ -1,7 +1,8 @@
 """Logical path rules: what round-trips and what is refused."""
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from casstore.errors import InvalidPath
 from casstore.paths import MAX_PATH_BYTES, validate_path

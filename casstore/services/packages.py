@@ -19,8 +19,8 @@ from ulid import ULID
 
 from ..cas import BlobStore
 from ..db import Database
-from ..errors import DuplicateRun, Gone, InvalidInput, NotFound, PackageImmutable
-from ..models import OPEN_STATUSES, Blob, FileEntry, Package, utcnow
+from ..errors import DuplicateRun, InvalidInput, NotFound
+from ..models import Blob, FileEntry, Package, utcnow
 from . import audit, manifest, retention
 from .lookup import load_open_package, load_package, require_open  # noqa: F401  (re-exported)
 

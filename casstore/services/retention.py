@@ -26,8 +26,8 @@ from ..db import Database
 from ..errors import Gone, InvalidInput, NotFound, RetentionConflict
 from ..models import Hold, Package, Producer, RetentionClass, RetentionEvent, utcnow
 from . import audit
-from .manifest import iso
 from .lookup import load_package
+from .manifest import iso
 
 
 def resolve_class(session: Session, producer: str, requested: str | None, store_default: str) -> RetentionClass:

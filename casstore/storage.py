@@ -48,6 +48,16 @@ class ObjectInfo:
     last_modified: datetime
 
 
+@dataclass(frozen=True)
+class StrayWrite:
+    """A write that never completed: an incomplete S3 multipart upload, or obstore's
+    temporary file of a local put that was killed. Invisible to ``list``."""
+
+    key: str
+    started: datetime
+    handle: str  # the multipart upload id, or the temporary file's path under the root
+
+
 class Storage(Protocol):
     """The operations the store needs from a backend; nothing more."""
 
@@ -66,6 +76,10 @@ class Storage(Protocol):
     def delete(self, key: str) -> None: ...
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
+
+    def stray_writes(self) -> list[StrayWrite]: ...
+
+    def abort_stray(self, stray: StrayWrite) -> None: ...
 
 
 def part_size_for(size_hint: int | None, configured: int) -> int:
@@ -185,6 +199,13 @@ class ObjectStorage:
                 for meta in batch:
                     yield _info(meta)
 
+    def stray_writes(self) -> list[StrayWrite]:
+        """Writes that never completed (none on the memory backend)."""
+        return []
+
+    def abort_stray(self, stray: StrayWrite) -> None:
+        """Remove what a write that never completed left behind."""
+
 
     def probe(self) -> dict:
         """What this backend really does with conditional writes (answers are True/False/error text)."""
@@ -232,6 +253,26 @@ class LocalStorage(ObjectStorage):
             return None
         return ObjectInfo(key=key, size=st.st_size, last_modified=datetime.fromtimestamp(st.st_mtime, timezone.utc))
 
+    def stray_writes(self) -> list[StrayWrite]:
+        """obstore's temporary files (``<key>#<n>``) of puts that were killed before their rename."""
+        found = []
+        for dirpath, _dirs, files in os.walk(self.root):
+            for name in files:
+                if "#" in name:
+                    path = os.path.join(dirpath, name)
+                    rel = os.path.relpath(path, self.root)
+                    started = datetime.fromtimestamp(os.stat(path).st_mtime, timezone.utc)
+                    found.append(StrayWrite(rel.split("#", 1)[0], started, rel))
+        return found
+
+    def abort_stray(self, stray: StrayWrite) -> None:
+        try:
+            os.remove(os.path.join(self.root, stray.handle))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise StorageError(f"could not remove {stray.handle}: {exc}") from exc
+
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         # obstore's LocalStore raises if the prefix folder does not exist yet.
         if not os.path.isdir(os.path.join(self.root, prefix)):
@@ -265,7 +306,48 @@ class S3Storage(ObjectStorage):
             raise StorageError(f"S3 multipart parts are at least 5 MiB, not {options.part_size}")
         super().__init__(_s3_store(bucket, prefix, options), "s3", part_size=options.part_size,
                          concurrency=options.concurrency)
-        self.bucket, self.prefix = bucket, prefix
+        self.bucket, self.prefix, self._options, self._admin = bucket, prefix, options, None
+
+    # obstore has no call to list or abort multipart uploads; botocore (the AWS SDK's core) does.
+    def _client(self):
+        if self._admin is None:
+            import botocore.config
+            import botocore.session
+
+            o = self._options
+            self._admin = botocore.session.get_session().create_client(
+                "s3", endpoint_url=o.endpoint or os.environ.get("AWS_ENDPOINT_URL"),
+                region_name=o.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+                or "us-east-1",
+                aws_access_key_id=o.access_key_id, aws_secret_access_key=o.secret_access_key,
+                config=botocore.config.Config(s3={"addressing_style": "path" if o.path_style else "virtual"},
+                                              retries={"max_attempts": o.retries}))
+        return self._admin
+
+    @contextmanager
+    def _boto(self, what: str):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            yield
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageError(f"storage backend failed to {what}: {exc}") from exc
+
+    def stray_writes(self) -> list[StrayWrite]:
+        """Incomplete multipart uploads under this store's prefix (a killed upload leaves one)."""
+        prefix = f"{self.prefix}/" if self.prefix else ""
+        found = []
+        with self._boto("list multipart uploads"):
+            pages = self._client().get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=prefix)
+            for page in pages:
+                for upload in page.get("Uploads", []):
+                    found.append(StrayWrite(upload["Key"][len(prefix):], upload["Initiated"], upload["UploadId"]))
+        return found
+
+    def abort_stray(self, stray: StrayWrite) -> None:
+        prefix = f"{self.prefix}/" if self.prefix else ""
+        with self._boto("abort a multipart upload"):
+            self._client().abort_multipart_upload(Bucket=self.bucket, Key=prefix + stray.key, UploadId=stray.handle)
 
 
 def open_storage(url: str, s3: S3Options | None = None, **kwargs) -> ObjectStorage:

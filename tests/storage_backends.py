@@ -58,3 +58,21 @@ def remaining_keys(storage) -> list[str]:
 
 
 __all__ = ["BACKENDS", "S3Storage", "make_storage", "remaining_keys", "s3_options", "s3_url"]
+
+
+def leave_stray_write(storage, key: str) -> bool:
+    """Leave what a killed upload leaves: a started multipart upload (S3), a temporary file (local)."""
+    if isinstance(storage, S3Storage):
+        client = storage._client()
+        full = f"{storage.prefix}/{key}" if storage.prefix else key
+        upload = client.create_multipart_upload(Bucket=storage.bucket, Key=full)
+        client.upload_part(Bucket=storage.bucket, Key=full, UploadId=upload["UploadId"], PartNumber=1, Body=b"x" * 100)
+        return True
+    root = getattr(storage, "root", None)
+    if root:
+        path = os.path.join(root, key + "#1")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(b"half a blob")
+        return True
+    return False

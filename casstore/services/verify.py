@@ -10,6 +10,9 @@ Checks (each failure is one Finding):
 * staging-object: a staging object older than an hour: an upload that died
   (``repair_staging`` removes them); younger ones are listed as staging-active,
   which is not a discrepancy;
+* incomplete-upload: an S3 multipart upload (or a local temporary file) that
+  never completed, older than an hour (``repair_staging`` aborts it);
+  younger ones are upload-active;
 * corrupt (deep only): a blob's bytes no longer hash to its SHA-256.
 
 The deep scrub re-hashes blobs oldest-verified first and records each blob's
@@ -60,7 +63,7 @@ class Report:
     @property
     def ok(self) -> bool:
         """No discrepancy (an upload in progress, 'staging-active', is not one)."""
-        return all(f.kind == "staging-active" for f in self.findings)
+        return all(f.kind.endswith("-active") for f in self.findings)
 
 
 class VerifyService:
@@ -157,6 +160,10 @@ class VerifyService:
             made = layout.staging_key_time(info.key) or info.last_modified
             kind = "staging-object" if made < stale_before else "staging-active"
             report.findings.append(Finding(kind, info.key, f"{info.size} bytes, started {made.isoformat()}"))
+        for stray in self.storage.stray_writes():
+            kind = "incomplete-upload" if stray.started < stale_before else "upload-active"
+            report.findings.append(Finding(kind, stray.key, f"never completed ({stray.handle}), "
+                                                            f"started {stray.started.isoformat()}"))
 
     def _scrub(self, report: Report, max_duration: float | None) -> None:
         deadline = None if max_duration is None else time.monotonic() + max_duration
@@ -181,7 +188,8 @@ class VerifyService:
                 session.execute(update(Blob).where(Blob.sha256 == sha).values(verified_at=utcnow()))
 
     def repair_staging(self, older_than: timedelta) -> list[str]:
-        """Delete staging objects older than ``older_than`` (uploads that died); returns their keys."""
+        """Remove what uploads that died left: staging objects, incomplete multipart uploads and
+        temporary files older than ``older_than``; returns what was removed."""
         cutoff: datetime = utcnow() - older_than
         removed = []
         for info in list(self.storage.list(layout.STAGING_PREFIX)):
@@ -189,6 +197,10 @@ class VerifyService:
             if made < cutoff:
                 self.storage.delete(info.key)
                 removed.append(info.key)
+        for stray in self.storage.stray_writes():
+            if stray.started < cutoff:
+                self.storage.abort_stray(stray)
+                removed.append(f"{stray.key} ({stray.handle})")
         return removed
 
 

@@ -1,0 +1,61 @@
+"""An upload to the S3 backend killed mid-stream: the multipart upload it leaves is found and aborted."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+import requests
+
+from casstore.config import Settings
+from casstore.store import Store
+from tests.serverproc import ServerProcess
+from tests.storage_backends import S3_ENDPOINT
+from tests.test_multiprocess import environment
+
+pytestmark = pytest.mark.skipif(not S3_ENDPOINT, reason="needs an S3-compatible server (.ci/run starts SeaweedFS)")
+
+
+def slow_body(started: threading.Event):
+    for i in range(200):
+        if i == 30:  # past one 5 MiB part: the multipart upload has begun
+            started.set()
+        yield bytes([i % 256]) * (256 << 10)
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_killed_s3_upload_leaves_nothing_verify_cannot_clean(tmp_path, database_url):
+    env = environment(database_url, tmp_path)
+    server = ServerProcess(env, workers=1, log_path=str(tmp_path / "server.log")).start()
+    store = Store(Settings.from_env(env))
+    try:
+        pkg = requests.post(f"{server.url}/v1/packages", json={"producer": "s3-crash"}).json()["id"]
+        started = threading.Event()
+
+        def upload():
+            try:
+                requests.put(f"{server.url}/v1/packages/{pkg}/files/big.bin", data=slow_body(started), timeout=60)
+            except requests.RequestException:
+                pass
+
+        thread = threading.Thread(target=upload)
+        thread.start()
+        assert started.wait(30)
+        time.sleep(0.5)
+        server.kill()
+        thread.join(30)
+        report = store.verify.run()
+        active = [f for f in report.findings if f.kind == "upload-active"]
+        assert len(active) == 1 and active[0].subject.startswith("staging/")
+        assert report.ok  # a young incomplete upload is not a discrepancy yet...
+        assert not [f for f in report.findings if f.kind.startswith("blob") or f.kind == "refcount"]
+        removed = store.verify.repair_staging(timedelta(0))  # ...and the sweep aborts it
+        assert len(removed) == 1
+        assert store.storage.stray_writes() == []
+        assert store.verify.run().findings == []
+    finally:
+        server.stop()
+        store.close()

@@ -19,7 +19,8 @@ class _Server(BaseApplication):
 
     def load_config(self) -> None:
         for key, value in self.options.items():
-            self.cfg.set(key, value)
+            if key in self.cfg.settings:  # newer settings are skipped on an older gunicorn
+                self.cfg.set(key, value)
 
     def load(self):
         from api import create_app
@@ -38,4 +39,6 @@ def run(settings: Settings, *, workers: int = 2, threads: int = 8) -> None:
         "keepalive": 30,
         "errorlog": "-",
         "loglevel": "info",
+        # No gunicornc control socket: one fixed path per user would be shared by every server on the host.
+        "control_socket_disable": True,
     }).run()

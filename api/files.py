@@ -41,8 +41,9 @@ def expected_digest() -> str | None:
 
 
 def media_type() -> str | None:
+    """The Content-Type the client sent, unless it is what curl sends when told nothing."""
     value = (request.mimetype or "").lower()
-    return None if value in UNSPECIFIED_TYPES else request.headers.get("Content-Type")[:255]
+    return None if value in UNSPECIFIED_TYPES else request.headers.get("Content-Type")
 
 
 @blp.route("/<string:package_id>/files")

@@ -52,6 +52,24 @@ def test_media_type_from_header_or_guessed(server):
     assert server.get(pkg, "notes").headers["Content-Type"].startswith("text/markdown")
 
 
+@pytest.mark.parametrize("bad", ["not a type", "text/plain; x=\x01", "a" * 300 + "/b", "/json", "text/"])
+def test_bad_media_type_is_422_and_changes_nothing(server, store, bad):
+    pkg = server.create()["id"]
+    before = counts(store)
+    response = server.http.put(server.file_url(pkg, "f"), data=b"x", headers={"Content-Type": bad.encode("latin-1")})
+    assert_problem(response, 422)
+    assert_problem(server.http.post(f"{server.url}/v1/packages/{pkg}/attach",
+                                    json={"files": [{"path": "g", "sha256": "0" * 64, "media_type": bad[:255]}]}), 422)
+    assert counts(store) == before
+
+
+def test_media_type_with_parameters_round_trips(server):
+    pkg = server.create()["id"]
+    kind = 'text/plain; charset="utf-8"'
+    assert server.put(pkg, "notes.txt", b"x", headers={"Content-Type": kind}).json()["media_type"] == kind
+    assert server.get(pkg, "notes.txt").headers["Content-Type"] == kind
+
+
 @pytest.mark.parametrize("path", HOSTILE)
 def test_hostile_names_round_trip_byte_for_byte(server, path):
     pkg = server.create()["id"]

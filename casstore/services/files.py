@@ -10,6 +10,7 @@ transaction, not 1,500.
 from __future__ import annotations
 
 import mimetypes
+import re
 import tarfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -34,6 +35,20 @@ MAX_BATCH_FILES = 10_000
 BATCH_MEMORY = 64 << 20
 PAX_SHA256 = "ARTIFACT_STORE.sha256"
 PAX_MEDIA_TYPE = "ARTIFACT_STORE.media_type"
+
+
+_MEDIA_TYPE = re.compile(r"[A-Za-z0-9][\w.+-]*/[A-Za-z0-9][\w.+-]*"
+                         r"""(\s*;\s*[\w.+-]+=("[^"\x00-\x1f\x7f]*"|[\w.+-]+))*""")
+
+
+def media_type_or_guess(value: str | None, path: str) -> str:
+    """The media type a client gave (checked: it is sent back as a Content-Type header), else a guess."""
+    if value is None:
+        return guess_media_type(path)
+    value = value.strip()
+    if len(value) > 255 or not _MEDIA_TYPE.fullmatch(value):
+        raise InvalidInput(f"not a media type: {value[:100]!r}")
+    return value
 
 
 def guess_media_type(path: str) -> str:
@@ -81,9 +96,10 @@ class FileService:
             replace: bool = False, size_hint: int | None = None) -> Entry:
         """Stream one file's bytes in and add it at ``path``."""
         validate_path(path)
+        media_type_or_guess(media_type, path)  # refuse a bad media type before reading the body
         self.check_writable(package_id, [path], replace)
         staged = self.blobs.stage(chunks, expected_sha256, size_hint=size_hint)
-        entry = Entry(path, staged.sha256, staged.size, media_type or guess_media_type(path))
+        entry = Entry(path, staged.sha256, staged.size, media_type_or_guess(media_type, path))
         return self._place_and_commit(package_id, [entry], [staged], replace, actor, "package.file_uploaded")[0]
 
     def put_tar(self, package_id: str, stream: IO[bytes], *, actor: str, replace: bool = False) -> list[Entry]:
@@ -111,7 +127,7 @@ class FileService:
                                             small_limit=None if in_memory < BATCH_MEMORY else 0)
                     staged.append(blob)
                     in_memory += len(blob.data or b"")
-                    media = member.pax_headers.get(PAX_MEDIA_TYPE) or guess_media_type(path)
+                    media = media_type_or_guess(member.pax_headers.get(PAX_MEDIA_TYPE), path)
                     entries.append(Entry(path, blob.sha256, blob.size, media))
             _refuse_duplicate_paths([e.path for e in entries])
         except BaseException:
@@ -123,7 +139,8 @@ class FileService:
     def attach(self, package_id: str, items: list[dict], *, actor: str,
                replace: bool = False) -> tuple[list[Entry], list[str]]:
         """Add entries for blobs the store already holds; returns (attached, missing digests)."""
-        wanted = [(validate_path(i["path"]), parse_sha256(i["sha256"]), i.get("media_type")) for i in items]
+        wanted = [(validate_path(i["path"]), parse_sha256(i["sha256"]), media_type_or_guess(i.get("media_type"), i["path"]))
+                  for i in items]
         _refuse_duplicate_paths([p for p, _, _ in wanted])
         self.check_writable(package_id, [p for p, _, _ in wanted], replace)
         with self.db.write() as session:
@@ -132,7 +149,7 @@ class FileService:
             rows = self.blobs.claim(session, [], also_lock={d for _, d, _ in wanted}
                                     | {e.sha256 for e in existing.values()})
             present = {d: r for d, r in rows.items() if r.state == "present"}
-            new = [Entry(p, d, present[d].size, m or guess_media_type(p)) for p, d, m in wanted if d in present]
+            new = [Entry(p, d, present[d].size, m) for p, d, m in wanted if d in present]
             missing = sorted({d for _, d, _ in wanted if d not in present})
             existing = {p: e for p, e in existing.items() if p in {n.path for n in new}}
             added = self._apply(session, package, new, existing, actor, "package.files_attached") if new else []

@@ -139,8 +139,8 @@ class FileService:
     def attach(self, package_id: str, items: list[dict], *, actor: str,
                replace: bool = False) -> tuple[list[Entry], list[str]]:
         """Add entries for blobs the store already holds; returns (attached, missing digests)."""
-        wanted = [(validate_path(i["path"]), parse_sha256(i["sha256"]), media_type_or_guess(i.get("media_type"), i["path"]))
-                  for i in items]
+        wanted = [(validate_path(i["path"]), parse_sha256(i["sha256"]),
+                   media_type_or_guess(i.get("media_type"), i["path"])) for i in items]
         _refuse_duplicate_paths([p for p, _, _ in wanted])
         self.check_writable(package_id, [p for p, _, _ in wanted], replace)
         with self.db.write() as session:

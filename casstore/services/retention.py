@@ -200,7 +200,8 @@ class RetentionService:
             load_package(session, package_id)
             retention = [{"kind": "retention", "at": e.at, "actor": e.actor, "action": e.kind, "before": e.before,
                           "after": e.after, "reason": e.reason, "id": e.id}
-                         for e in session.scalars(select(RetentionEvent).where(RetentionEvent.package_id == package_id))]
+                         for e in session.scalars(select(RetentionEvent)
+                                                  .where(RetentionEvent.package_id == package_id))]
             audits = [{"kind": "audit", "at": e.at, "actor": e.actor, "action": e.action, "subject": e.subject,
                        "details": e.details, "id": e.id}
                       for e in session.scalars(select(AuditEvent).where(AuditEvent.package_id == package_id))]

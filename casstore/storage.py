@@ -212,22 +212,21 @@ class ObjectStorage:
         from ulid import ULID
 
         base = f"health/probe-{ULID()}"
+        target, other = f"{base}/a", f"{base}/b"
+        attempts = {"conditional_create": lambda: self.put_if_absent(target, b"second"),
+                    "copy_if_not_exists": lambda: self.copy_if_absent(other, target)}
         result = {}
         try:
-            self.put_stream(f"{base}/a", [b"first"])
-            try:
-                created = self.put_if_absent(f"{base}/a", b"second")
-                result["conditional_create"] = (not created) and b"".join(self.get(f"{base}/a")) == b"first"
-            except StorageError as exc:
-                result["conditional_create"] = f"unsupported: {exc.detail[:200]}"
-            self.put_stream(f"{base}/b", [b"other"])
-            try:
-                copied = self.copy_if_absent(f"{base}/b", f"{base}/a")
-                result["copy_if_not_exists"] = (not copied) and b"".join(self.get(f"{base}/a")) == b"first"
-            except StorageError as exc:
-                result["copy_if_not_exists"] = f"unsupported: {exc.detail[:200]}"
+            self.put_stream(other, [b"other"])
+            for name, attempt in attempts.items():
+                self.put_stream(target, [b"first"])
+                try:
+                    wrote = attempt()
+                    result[name] = (not wrote) and b"".join(self.get(target)) == b"first"
+                except StorageError as exc:
+                    result[name] = f"unsupported: {exc.detail[:200]}"
         finally:
-            for key in (f"{base}/a", f"{base}/b"):
+            for key in (target, other):
                 self.delete(key)
         return result
 

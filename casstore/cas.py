@@ -37,7 +37,7 @@ from sqlmodel import Session
 
 from . import layout
 from .db import Database
-from .digests import Digests, Hasher
+from .digests import Digests, Hasher, digest_bytes
 from .errors import DigestMismatch, ObjectMissing, StorageError
 from .models import Blob, StorageLocation, utcnow
 from .services import audit
@@ -140,9 +140,7 @@ class BlobStore:
         it = iter(chunks)
         head, ended = _read_upto(it, SMALL_BLOB if small_limit is None else small_limit)
         if ended:
-            hasher = Hasher()
-            hasher.update(head)
-            staged = StagedBlob(hasher.result(), data=head)
+            staged = StagedBlob(digest_bytes(head), data=head)
         else:
             staged = self._stage_large(_prepend(head, it), size_hint)
         if expected_sha256 is not None and staged.sha256 != expected_sha256:
@@ -154,9 +152,7 @@ class BlobStore:
 
     def stage_bytes(self, data: bytes) -> StagedBlob:
         """Stage a small buffer the server made itself (a manifest)."""
-        hasher = Hasher()
-        hasher.update(data)
-        return StagedBlob(hasher.result(), data=data)
+        return StagedBlob(digest_bytes(data), data=data)
 
     def _stage_large(self, chunks: Iterator[bytes], size_hint: int | None = None) -> StagedBlob:
         key = layout.new_staging_key()

@@ -47,11 +47,11 @@ class EligibilityReport:
     shared_bytes: int = 0
 
 
-def eligible(as_of: datetime, *columns):
+def eligible(as_of: datetime):
     """Packages eligible for deletion at ``as_of`` (an index range on expires_at, minus held ones)."""
     held = exists(select(Hold.id).where(Hold.package_id == Package.id, Hold.released_at.is_(None)))
-    return select(*(columns or (Package,))).where(Package.status != "deleted", Package.expires_at.is_not(None),
-                                                  Package.expires_at <= as_of, ~held)
+    return select(Package).where(Package.status != "deleted", Package.expires_at.is_not(None),
+                                 Package.expires_at <= as_of, ~held)
 
 
 class EligibilityService:

@@ -72,9 +72,12 @@ class TarUpload(MethodView):
     @blp.response(201, TarResult)
     @blp.doc(requestBody={"content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}}})
     def post(self, query, package_id):
-        """Upload many files as one uncompressed tar stream, committed in one transaction."""
+        """Upload many files as one uncompressed tar stream, committed in one transaction.
+
+        Content-Digest (or X-Checksum-Sha256), if sent, is the whole body's: 422 if it differs.
+        """
         added = context.store().files.put_tar(package_id, request.stream, actor=context.actor(),
-                                              replace=query["replace"])
+                                              replace=query["replace"], expected_sha256=expected_digest())
         return {"added": added}
 
 

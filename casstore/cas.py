@@ -9,20 +9,24 @@ Writing a blob always goes the same way (as distribution's blob writer):
                 a mismatch deletes the staging object and raises.
 3. ``place``:   make the final key hold the bytes without overwriting
                 (copy_if_absent / put_if_absent); "already exists" is success,
-                since the key is the content's own hash.
+                since the key is the content's own hash. A batch's new small
+                blobs go instead into one pack object under a fresh key
+                (packs.py): one write, not one per blob.
 4. ``claim``:   in the caller's write transaction, under the blob row's lock,
                 make the row 'present' (inserting it if new) after checking
                 that the object really is at its final key, and placing it
                 again if not (gc may have removed it meanwhile, or a disk may
                 have lost it: the next upload of the same bytes repairs it).
-                The row is recorded last.
+                The row, and its storage_location, are recorded last.
 5. ``discard``: delete the staging object, on success and on failure alike.
 
 Why the check under the lock: gc deletes an object only while holding the
 same row lock with the row in state 'deleting' and refcount 0. So whoever
 commits a 'present' row after looking at the object under that lock knows
 the object is there, whatever ran concurrently (the GitLab registry's
-online-gc design; see design/LESSONS.md).
+online-gc design; see design/LESSONS.md). A pack is trusted by a claim only
+while it is younger than PACK_TRUST; the orphan sweep removes unreferenced
+packs only once older than its grace period (an hour), so the two never meet.
 """
 
 from __future__ import annotations
@@ -30,12 +34,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 
 from sqlalchemy import bindparam, delete, select, update
 from sqlmodel import Session
 
-from . import layout
+from . import layout, packs
 from .db import Database
 from .digests import Digests, Hasher, digest_bytes
 from .errors import DigestMismatch, ObjectMissing, StorageError
@@ -48,6 +53,7 @@ log = logging.getLogger(__name__)
 SMALL_BLOB = 1 << 20
 CHUNK = 1 << 20
 MAX_CLAIM_ROUNDS = 10
+PACK_TRUST = timedelta(minutes=20)
 
 
 @dataclass
@@ -76,6 +82,8 @@ class StagedBlob:
     digests: Digests
     staging_key: str | None = None  # large blobs: where the bytes wait
     data: bytes | None = None  # small blobs: the bytes themselves
+    object_key: str | None = None  # once placed: its own key, or a pack's
+    offset: int = 0  # where in that object it starts
 
     @property
     def sha256(self) -> str:
@@ -84,6 +92,23 @@ class StagedBlob:
     @property
     def size(self) -> int:
         return self.digests.size
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a blob's bytes are: a whole object, or a slice of a pack."""
+
+    object_key: str
+    offset: int
+    length: int
+
+
+@dataclass
+class Placement:
+    """What one upload put on the backend, so that a failed commit can take it back."""
+
+    loose: list[StagedBlob] = field(default_factory=list)
+    packs: list[str] = field(default_factory=list)
 
 
 def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
@@ -168,12 +193,55 @@ class BlobStore:
     def place(self, staged: StagedBlob) -> bool:
         """Put the bytes at their final key unless something is there already; True if we put them."""
         final = layout.blob_key(staged.sha256)
+        staged.object_key, staged.offset = final, 0
         if staged.data is not None:
             return self.storage.put_if_absent(final, staged.data)
         return self.storage.copy_if_absent(staged.staging_key, final)
 
-    def _ensure_placed(self, staged: StagedBlob) -> None:
+    def place_all(self, staged: list[StagedBlob]) -> Placement:
+        """Step 3 for a batch: new small blobs into one pack, the others each at its own key.
+
+        Small blobs the registry already holds are not written at all; should
+        one of them turn out not 'present' under the lock, claim places it then.
+        """
+        placement = Placement()
+        small = [s for s in staged if s.data is not None]
+        skip: set[str] = set()
+        if len(small) > 1:
+            skip = self.present({s.sha256 for s in small})
+            new = [s for s in small if s.sha256 not in skip]
+            if len({s.sha256 for s in new}) > 1:
+                pack = packs.build([(s.sha256, s.data) for s in new])
+                packs.write(self.storage, pack)
+                placement.packs.append(pack.key)
+                offsets = {b.sha256: b.offset for b in pack.blobs}
+                for s in new:
+                    s.object_key, s.offset = pack.key, offsets[s.sha256]
+                skip |= offsets.keys()
+        for s in staged:
+            if s.sha256 not in skip and self.place(s):
+                placement.loose.append(s)
+        return placement
+
+    def present(self, digests: Iterable[str]) -> set[str]:
+        """Which of these digests have a 'present' row (a hint: only a lock makes it a fact)."""
+        with self.db.read() as session:
+            wanted = sorted(digests)
+            return set(wanted) - set(self.missing(session, wanted))
+
+    def _ensure_placed(self, staged: StagedBlob, packs_seen: dict[str, bool]) -> None:
+        """Under the row lock: make sure the bytes are where the row will say they are."""
+        key = staged.object_key
+        if key is not None and layout.is_pack_key(key):
+            trusted = packs_seen.get(key)
+            if trusted is None:
+                made = layout.pack_key_time(key)
+                trusted = packs_seen[key] = (made is not None and utcnow() - made < PACK_TRUST
+                                             and self.storage.head(key) is not None)
+            if trusted:
+                return
         final = layout.blob_key(staged.sha256)
+        staged.object_key, staged.offset = final, 0
         info = self.storage.head(final)
         if info is not None and info.size == staged.size:
             return
@@ -211,15 +279,15 @@ class BlobStore:
                 break
         else:
             raise StorageError("could not hold the blob rows against concurrent gc; retry the request")
-        self._insert_locations(session, [by_digest[d] for d in sorted(by_digest)])
-        revived = []
+        revived, placed, packs_seen = [], [], {}
         for row in rows.values():
             blob = by_digest.get(row.sha256)
             if blob is None or (row.state == "present" and row.sha256 not in new):
                 continue
             if row.state == "missing":  # verify found it lost or damaged: these bytes replace it
                 self.storage.delete(layout.blob_key(blob.sha256))
-            self._ensure_placed(blob)
+            self._ensure_placed(blob, packs_seen)
+            placed.append(blob)
             if row.state != "present":  # taken back from gc, or repaired after verify
                 revived.append({"d": blob.sha256, "size": blob.size, "b3": blob.digests.blake3})
                 rows[row.sha256] = BlobRow(row.sha256, blob.size, "present", row.refcount)
@@ -229,6 +297,7 @@ class BlobStore:
                 update(table).where(table.c.sha256 == bindparam("d"))
                 .values(state="present", size=bindparam("size"), blake3=bindparam("b3"), created_at=utcnow()),
                 revived)
+        self._record_locations(session, placed)
         return rows
 
     def _insert_missing_rows(self, session: Session, staged: list[StagedBlob]) -> set[str]:
@@ -244,14 +313,31 @@ class BlobStore:
                   created_at=now, verified_at=None) for s in staged]).scalars().all()
         return set(inserted)
 
-    def _insert_locations(self, session: Session, staged: list[StagedBlob]) -> None:
-        """Where each blob's bytes are; the blob rows must be held (locked) already."""
+    def _record_locations(self, session: Session, staged: list[StagedBlob]) -> None:
+        """Where each blob's bytes now are (replacing what a lost or collected copy said);
+        the blob rows must be held (locked) already."""
         if not staged:
             return
-        backend = self.storage.backend
-        session.connection().execute(_insert_for(session)(StorageLocation.__table__).on_conflict_do_nothing(), [
-            dict(blob_sha256=s.sha256, backend=backend, object_key=layout.blob_key(s.sha256),
-                 offset=0, length=s.size) for s in staged])
+        table = StorageLocation.__table__
+        stmt = _insert_for(session)(table)
+        stmt = stmt.on_conflict_do_update(index_elements=[table.c.blob_sha256], set_={
+            "backend": stmt.excluded.backend, "object_key": stmt.excluded.object_key,
+            "offset": stmt.excluded.offset, "length": stmt.excluded.length})
+        session.connection().execute(stmt, [
+            dict(blob_sha256=s.sha256, backend=self.storage.backend, object_key=s.object_key,
+                 offset=s.offset, length=s.size) for s in staged])
+
+    def locate(self, session: Session, sha256: str) -> Location | None:
+        """Where a blob's bytes are recorded to be."""
+        table = StorageLocation.__table__
+        row = session.connection().execute(select(table.c.object_key, table.c.offset, table.c.length)
+                                           .where(table.c.blob_sha256 == sha256)).first()
+        return Location(*row) if row else None
+
+    def _pack_referenced(self, session: Session, key: str) -> bool:
+        table = StorageLocation.__table__
+        return session.connection().execute(
+            select(table.c.blob_sha256).where(table.c.object_key == key).limit(1)).first() is not None
 
     def lock_rows(self, session: Session, digests: list[str]) -> dict[str, BlobRow]:
         """Lock blob rows in digest order (a fixed order: no deadlocks between batches)."""
@@ -284,6 +370,8 @@ class BlobStore:
            references, delete the object, then the row. A crash after the
            object is gone leaves a 'deleting' row, which the next collect or
            upload settles.
+        A blob in a pack gives up its slice; the pack itself is deleted with
+        the last blob it holds (its bytes, so the size returned, come back then).
         """
         table = Blob.__table__
         with self.db.write() as session:
@@ -304,21 +392,67 @@ class BlobStore:
             if row is None or row.state != "deleting" or row.refcount != 0:
                 return None
             size = row.size
-            self.storage.delete(layout.blob_key(sha256))
+            where = self.locate(session, sha256)
             session.connection().execute(delete(StorageLocation.__table__)
                                          .where(StorageLocation.__table__.c.blob_sha256 == sha256))
+            self.storage.delete(layout.blob_key(sha256))  # its own object (or a stray copy of it)
+            if where is not None and layout.is_pack_key(where.object_key) \
+                    and not self._pack_referenced(session, where.object_key):
+                self.storage.delete(where.object_key)
             session.connection().execute(delete(table).where(table.c.sha256 == sha256))
             if audited:
                 audit.record(session, actor, "blob.collected", subject=f"sha256:{sha256}", size=size)
             return size
 
-    def undo_place(self, staged: StagedBlob, actor: str) -> None:
-        """After a failed commit, take back an object this upload put in place (best effort)."""
+    def undo_place(self, placement: Placement, actor: str) -> None:
+        """After a failed commit, take back what this upload put on the backend (best effort)."""
         try:
             # never committed, so nothing to audit: the store is as before the request
-            self.collect(staged.sha256, actor, audited=False)
-        except Exception:  # the original error matters more; gc will find the orphan
-            log.warning("could not collect sha256:%s after a failed upload", staged.sha256, exc_info=True)
+            for staged in placement.loose:
+                self.collect(staged.sha256, actor, audited=False)
+            for key in placement.packs:
+                with self.db.read() as session:
+                    if not self._pack_referenced(session, key):
+                        self.storage.delete(key)
+        except Exception:  # the original error matters more; gc will find the orphans
+            log.warning("could not take back the objects of a failed upload", exc_info=True)
+
+    def remove_orphan(self, key: str, actor: str) -> int | None:
+        """Remove an object no location names (gc's sweep); returns its size, or None if kept.
+
+        A pack goes only when no location names it and it is older than
+        PACK_TRUST (an upload may still be about to record it). A blob's own
+        key goes through collect when no row knows the digest, or is dropped
+        as a stray copy when the row is 'present' and located elsewhere.
+        """
+        made = layout.pack_key_time(key)
+        if made is not None:
+            if utcnow() - made < PACK_TRUST:
+                return None
+            with self.db.write() as session:
+                info = self.storage.head(key)
+                if info is None or self._pack_referenced(session, key):
+                    return None
+                self.storage.delete(key)
+                audit.record(session, actor, "pack.collected", subject=key, size=info.size)
+                return info.size
+        digest = layout.digest_from_blob_key(key)
+        if digest is None:
+            return None
+        with self.db.write() as session:
+            row = self.lock_rows(session, [digest]).get(digest)
+            if row is not None:
+                where = self.locate(session, digest)
+                if row.state != "present" or where is None or where.object_key == key:
+                    return None  # the row's own copy: only collect() removes that
+                info = self.storage.head(key)
+                if info is None:
+                    return None
+                self.storage.delete(key)
+                audit.record(session, actor, "blob.stray_copy_removed", subject=f"sha256:{digest}",
+                             size=info.size, kept=where.object_key)
+                return info.size
+        return self.collect(digest, actor)
 
     # 5: discard ------------------------------------------------------------------
     def discard(self, staged: StagedBlob) -> None:
@@ -339,4 +473,16 @@ class BlobStore:
 
     def open(self, sha256: str, start: int | None = None, end: int | None = None) -> Iterator[bytes]:
         """Stream a blob's bytes, or the range [start, end)."""
-        return self.storage.get(layout.blob_key(sha256), start, end)
+        with self.db.read() as session:
+            where = self.locate(session, sha256)
+        if where is None:
+            raise ObjectMissing(f"no location recorded for sha256:{sha256}")
+        return self.read(where, start, end)
+
+    def read(self, where: Location, start: int | None = None, end: int | None = None) -> Iterator[bytes]:
+        """Stream the bytes at a location, or its range [start, end)."""
+        start = start or 0
+        end = where.length if end is None else min(end, where.length)
+        if where.offset == 0 and start == 0 and not layout.is_pack_key(where.object_key):
+            return self.storage.get(where.object_key, None, None if end == where.length else end)
+        return self.storage.get(where.object_key, where.offset + start, where.offset + end)

@@ -10,11 +10,19 @@ Two kinds of transaction, chosen by the caller:
 
 SQLite runs in WAL mode with synchronous=NORMAL: durable across process
 crashes, and a 1,500-row batch costs milliseconds (see FACTS.md).
+
+SQLite writers also queue at a gate before BEGIN IMMEDIATE: a thread lock,
+then an flock on ``<database>.writer`` for the other processes. SQLite's own
+busy handler polls with sleeps growing to 100 ms, so two concurrent batches
+cost a sleep each; the gate hands the lock over the moment it is released,
+and the kernel releases it when a process dies.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -42,11 +50,50 @@ def _sqlite_setup(engine: Engine) -> None:
         conn.exec_driver_sql(mode)
 
 
+class WriterGate:
+    """One SQLite writer at a time across threads and processes, woken at once (not polled)."""
+
+    def __init__(self, lock_path: str) -> None:
+        self._path = lock_path
+        self._thread_lock = threading.Lock()
+        self._fd, self._pid = -1, 0
+
+    def _fd_here(self) -> int:
+        """This process's own open file (a forked child must not share its parent's flock)."""
+        if self._pid != os.getpid():
+            self._fd, self._pid = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600), os.getpid()
+        return self._fd
+
+    def __enter__(self) -> None:
+        self._thread_lock.acquire()
+        try:
+            fcntl.flock(self._fd_here(), fcntl.LOCK_EX)
+        except BaseException:
+            self._thread_lock.release()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
+
+    def close(self) -> None:
+        if self._pid == os.getpid():
+            os.close(self._fd)
+        self._pid = 0
+
+
+def _sqlite_path(url: str) -> str | None:
+    path = url.split("///", 1)[1] if "///" in url else ""
+    return path.split("?", 1)[0] if path and not path.startswith(":memory:") else None
+
+
 def make_engine(url: str) -> Engine:
     """An engine for a SQLAlchemy URL, with SQLite tuned for concurrent writers."""
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[1] if "///" in url else ""
-        if path and path != ":memory:":
+        path = _sqlite_path(url)
+        if path:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 60})
         _sqlite_setup(engine)
@@ -61,6 +108,8 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
+        path = _sqlite_path(url) if self.is_sqlite else None
+        self._gate = WriterGate(os.path.abspath(path) + ".writer") if path else None
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -70,6 +119,15 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[Session]:
         """A transaction that commits on success and rolls back on any exception."""
+        if self._gate is None:
+            with self._transaction() as session:
+                yield session
+            return
+        with self._gate, self._transaction() as session:
+            yield session
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Session]:
         with self.engine.connect() as conn:
             conn = conn.execution_options(casstore_write=True)
             with Session(bind=conn, expire_on_commit=False) as session:
@@ -92,6 +150,9 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._gate is not None:
+            self._gate.close()
+            self._gate = None
 
 
 def alembic_config(url: str):

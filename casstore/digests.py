@@ -104,3 +104,27 @@ def digest_bytes(data: bytes) -> Digests:
     hasher = Hasher()
     hasher.update(data)
     return hasher.result()
+
+
+class HashingReader:
+    """A read()-able stream that hashes (SHA-256) everything read through it.
+
+    For a request body checked as a whole (a tar batch's Content-Digest)
+    while a parser reads it piece by piece.
+    """
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+        self._sha = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        self._sha.update(data)
+        return data
+
+    def drain(self, block: int = 1 << 20) -> str:
+        """Read (and hash) whatever is left; the SHA-256 hex of all the bytes."""
+        while self.read(block):
+            pass
+        return self._sha.hexdigest()
+

@@ -8,6 +8,10 @@ The key tree, identical on every backend (relative to the storage root)::
           <hex[0:2]>/
             <hex[2:4]>/
               <hex>                 one blob: the exact bytes whose SHA-256 is <hex>
+      packs/
+        <ulid>                      many small blobs of one upload batch, back to back,
+                                    then an index naming each (see packs.py); a blob's
+                                    offset and length are also in storage_location
       staging/
         <ulid>                      an upload in progress, before its digest is known
       health/
@@ -27,6 +31,7 @@ from ulid import ULID
 from .digests import parse_sha256
 
 BLOB_PREFIX = "blobs/sha256/"
+PACK_PREFIX = "packs/"
 STAGING_PREFIX = "staging/"
 HEALTH_PREFIX = "health/"
 
@@ -53,6 +58,22 @@ def digest_from_blob_key(key: str) -> str | None:
     return hex_
 
 
+def new_pack_key() -> str:
+    """A fresh key for one pack. Never reused: the blobs in a pack are fixed by the one
+    transaction that records them, so a pack no row references can only shrink to nothing."""
+    return f"{PACK_PREFIX}{ULID()}"
+
+
+def is_pack_key(key: str) -> bool:
+    """Whether a key is a pack's (keys under packs/ are only ever made by new_pack_key)."""
+    return key.startswith(PACK_PREFIX)
+
+
+def pack_key_time(key: str) -> datetime | None:
+    """When a pack was made (from its ULID), or None if the key is not a pack's."""
+    return _ulid_time(key[len(PACK_PREFIX):]) if key.startswith(PACK_PREFIX) else None
+
+
 def new_staging_key() -> str:
     """A fresh staging key for one upload; the ULID keeps keys unique and age-sortable."""
     return f"{STAGING_PREFIX}{ULID()}"
@@ -60,8 +81,12 @@ def new_staging_key() -> str:
 
 def staging_key_time(key: str) -> datetime | None:
     """When a staging key was made (from its ULID), or None for a foreign key."""
+    return _ulid_time(key[len(STAGING_PREFIX):])
+
+
+def _ulid_time(text: str) -> datetime | None:
     try:
-        return ULID.from_str(key[len(STAGING_PREFIX):]).datetime.astimezone(timezone.utc)
+        return ULID.from_str(text).datetime.astimezone(timezone.utc)
     except Exception:
         return None
 

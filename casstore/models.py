@@ -112,9 +112,10 @@ class Blob(BlobBase, table=True):
 
 
 class StorageLocation(SQLModel, table=True):
-    """Where a blob's bytes are. A whole object today; offset/length leave room for packs."""
+    """Where a blob's bytes are: its own object (offset 0), or a slice of a pack (packs.py)."""
 
     __tablename__ = "storage_location"
+    __table_args__ = (Index("ix_storage_location_object_key", "object_key"),)
     blob_sha256: str = Field(sa_column=Column(String(64), ForeignKey("blob.sha256", ondelete="CASCADE"),
                                               primary_key=True))
     backend: str = Field(max_length=32)

@@ -6,6 +6,8 @@ file body in 1 MiB blocks, and keeps the producer's memory flat.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import http.client
 import json
 import threading
@@ -106,8 +108,10 @@ class StoreClient:
                             json_body={"files": items, "replace": replace})
 
     def upload_tar(self, package_id: str, body: bytes, replace: bool) -> dict:
+        digest = hashlib.sha256(body).digest()
         return self.request("POST", f"/v1/packages/{package_id}/tar", body=body,
-                            headers={"Content-Type": "application/x-tar"},
+                            headers={"Content-Type": "application/x-tar",
+                                     "Content-Digest": f"sha-256=:{base64.b64encode(digest).decode()}:"},
                             query={"replace": "true"} if replace else None)
 
     def upload_file(self, package_id: str, path: str, stream: IO[bytes], size: int, sha256: str,

@@ -13,9 +13,12 @@ the same package when started again:
 4. ask which digests the store lacks (5,000 a request); attach the others by
    reference (1,000 a request, one transaction each);
 5. upload each missing digest once: small files as tar batches (one request
-   and one transaction per batch), large ones streamed with PUT, ``jobs`` at
-   a time, every one with its SHA-256 so the server proves what it received;
-   files that repeat an uploaded digest are attached afterwards;
+   and one transaction per batch, built here while earlier batches travel),
+   large ones streamed with PUT, ``jobs`` at a time; every body carries its
+   SHA-256 so the server proves what it received, and every file's digest
+   the server computed is compared with ours (a file that changed while we
+   read it is an error, not a silent mix); files that repeat an uploaded
+   digest are attached afterwards;
 6. finalize.
 """
 
@@ -25,6 +28,7 @@ import hashlib
 import io
 import sys
 import tarfile
+from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,6 +48,10 @@ READ_BLOCK = 1 << 20
 
 class IngestConflict(Exception):
     """The run id is already finalized with other content (exit status 2, nothing changed)."""
+
+
+class ChangedWhileReading(RunDirError):
+    """A file's bytes changed between hashing and uploading (exit status 2; run again)."""
 
 
 @dataclass
@@ -107,14 +115,15 @@ class Ingestor:
         digests = self.cache.lookup(files)
         todo = [f for f in files if f.path not in digests]
         with self.progress.bar("hashing", sum(f.size for f in todo)) as bar:
-            def one(f: LocalFile) -> tuple[LocalFile, str]:
+            def some(group: list[LocalFile]) -> list[tuple[LocalFile, str]]:
                 try:
-                    return f, sha256_file(f.abspath, bar.update)
+                    return [(f, sha256_file(f.abspath, bar.update)) for f in group]
                 except OSError as exc:
-                    raise RunDirError(f"cannot read {f.path}: {exc.strerror or exc}") from exc
+                    raise RunDirError(f"cannot read a file: {exc.strerror or exc}: {exc.filename}") from exc
 
+            # big files one per task, small ones a hundred per task (a task costs more than a small file)
             with ThreadPoolExecutor(self.jobs) as pool:
-                hashed = list(pool.map(one, sorted(todo, key=lambda f: -f.size)))
+                hashed = [pair for group in pool.map(some, _hash_groups(todo)) for pair in group]
         self.cache.store(hashed)
         digests.update((f.path, d) for f, d in hashed)
         return digests
@@ -205,21 +214,29 @@ class Ingestor:
                 for b in _tar_batches([f for f in small if (f.path in replace) == flag])]
         jobs += [("put", [f]) for f in sorted(large, key=lambda f: -f.size)]
         with self.progress.bar("uploading", sum(f.size for f in files)) as bar:
-            def run(job) -> None:
-                kind, batch = job
-                if kind == "tar":
-                    body = _tar_of(batch, digests)
-                    self.client.upload_tar(package_id, body, replace=batch[0].path in replace)
-                else:
-                    f = batch[0]
-                    with open(f.abspath, "rb") as stream:
-                        self.client.upload_file(package_id, f.path, stream, f.size, digests[f.path], None,
-                                                f.path in replace)
+            def send_tar(batch: list[LocalFile], body: bytes) -> None:
+                answer = self.client.upload_tar(package_id, body, batch[0].path in replace)
+                _same_digests(answer["added"], digests)
                 bar.update(sum(f.size for f in batch))
 
+            def send_file(f: LocalFile) -> None:
+                with open(f.abspath, "rb") as stream:
+                    # X-Checksum-Sha256 goes with it: a file that changed is refused (422)
+                    self.client.upload_file(package_id, f.path, stream, f.size, digests[f.path], None,
+                                            f.path in replace)
+                bar.update(f.size)
+
             with ThreadPoolExecutor(self.jobs) as pool:
-                for _ in pool.map(run, jobs):
-                    pass
+                pending: deque = deque()
+                for kind, batch in jobs:
+                    while len(pending) >= self.jobs:  # at most ``jobs`` tar bodies in memory
+                        pending.popleft().result()
+                    if kind == "tar":  # built here, while the pool sends the ones before
+                        pending.append(pool.submit(send_tar, batch, _tar_of(batch)))
+                    else:
+                        pending.append(pool.submit(send_file, batch[0]))
+                while pending:
+                    pending.popleft().result()
         self.new_bytes += sum(f.size for f in files)
 
     # all ----------------------------------------------------------------------
@@ -266,15 +283,33 @@ def _tar_batches(files: list[LocalFile]) -> Iterable[list[LocalFile]]:
         yield batch
 
 
-def _tar_of(files: list[LocalFile], digests: dict[str, str]) -> bytes:
-    """An uncompressed PAX tar of small files, each with its SHA-256 for the server to check."""
+def _tar_of(files: list[LocalFile]) -> bytes:
+    """An uncompressed tar of small files (PAX, so any name fits); the body's SHA-256 goes
+    in Content-Digest, and each file's digest comes back in the answer to be compared."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for f in files:
             info = tarfile.TarInfo(f.path)
-            with open(f.abspath, "rb") as src:
-                data = src.read()
+            try:
+                with open(f.abspath, "rb") as src:
+                    data = src.read(SMALL_FILE + 1)
+            except OSError as exc:
+                raise RunDirError(f"cannot read {f.path}: {exc.strerror or exc}") from exc
             info.size = len(data)
-            info.pax_headers = {"ARTIFACT_STORE.sha256": digests[f.path]}
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
+
+
+def _same_digests(added: list[dict], digests: dict[str, str]) -> None:
+    """The server's digest of each file it stored must be ours (else the file changed meanwhile)."""
+    changed = sorted(e["path"] for e in added if e["sha256"] != digests[e["path"]])
+    if changed:
+        raise ChangedWhileReading(f"{len(changed)} file(s) changed while being ingested (first: {changed[:5]}); "
+                                  f"let the run finish writing, then run the same command again")
+
+
+def _hash_groups(files: list[LocalFile]) -> Iterable[list[LocalFile]]:
+    big = sorted((f for f in files if f.size > SMALL_FILE), key=lambda f: -f.size)
+    small = [f for f in files if f.size <= SMALL_FILE]
+    yield from ([f] for f in big)
+    yield from batched(small, 100)

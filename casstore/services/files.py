@@ -21,11 +21,11 @@ from typing import IO
 from sqlalchemy import bindparam, select, update
 from sqlmodel import Session
 
-from ..cas import CHUNK, BlobStore, StagedBlob
+from ..cas import CHUNK, BlobStore, Location, Placement, StagedBlob
 from ..db import Database
-from ..digests import parse_sha256
-from ..errors import Gone, InvalidInput, InvalidPath, NotFound, PathExists, RangeNotSatisfiable
-from ..models import Blob, FileEntry, Package, utcnow
+from ..digests import HashingReader, parse_sha256
+from ..errors import DigestMismatch, Gone, InvalidInput, InvalidPath, NotFound, ObjectMissing, PathExists, RangeNotSatisfiable
+from ..models import Blob, FileEntry, Package, StorageLocation, utcnow
 from ..paths import validate_path
 from . import audit
 from .packages import Page, load_open_package, load_package, require_open
@@ -102,19 +102,23 @@ class FileService:
         entry = Entry(path, staged.sha256, staged.size, media_type_or_guess(media_type, path))
         return self._place_and_commit(package_id, [entry], [staged], replace, actor, "package.file_uploaded")[0]
 
-    def put_tar(self, package_id: str, stream: IO[bytes], *, actor: str, replace: bool = False) -> list[Entry]:
+    def put_tar(self, package_id: str, stream: IO[bytes], *, actor: str, replace: bool = False,
+                expected_sha256: str | None = None) -> list[Entry]:
         """Add every regular file of an uncompressed tar stream, in one transaction.
 
-        Member names are logical paths. A PAX header ``ARTIFACT_STORE.sha256``
-        is checked like Content-Digest; ``ARTIFACT_STORE.media_type`` sets the
-        media type. Directories are skipped; links and devices are refused.
+        Member names are logical paths. ``expected_sha256`` is the whole
+        body's (Content-Digest): nothing is recorded unless the body hashes to
+        it. A PAX header ``ARTIFACT_STORE.sha256`` is checked the same way for
+        one member; ``ARTIFACT_STORE.media_type`` sets its media type.
+        Directories are skipped; links and devices are refused.
         """
         self.check_writable(package_id, [], replace)
         staged: list[StagedBlob] = []
         entries: list[Entry] = []
+        body = HashingReader(stream)
         try:
             in_memory = 0
-            with _open_tar(stream) as tar:
+            with _open_tar(body) as tar:
                 for member in tar:
                     if member.isdir():
                         continue
@@ -130,6 +134,10 @@ class FileService:
                     media = media_type_or_guess(member.pax_headers.get(PAX_MEDIA_TYPE), path)
                     entries.append(Entry(path, blob.sha256, blob.size, media))
             _refuse_duplicate_paths([e.path for e in entries])
+            if expected_sha256 is not None and (received := body.drain()) != expected_sha256:
+                raise DigestMismatch(f"the tar body hashes to sha256:{received}, "
+                                     f"not the sha256:{expected_sha256} announced",
+                                     received_sha256=received, expected_sha256=expected_sha256)
         except BaseException:
             for blob in staged:
                 self.blobs.discard(blob)
@@ -158,15 +166,12 @@ class FileService:
     def _place_and_commit(self, package_id: str, entries: list[Entry], staged: list[StagedBlob],
                           replace: bool, actor: str, action: str) -> list[Entry]:
         """Steps 3 to 5 of the CAS write for a set of staged blobs, whatever happens."""
-        placed: list[StagedBlob] = []
+        placement = Placement()
         try:
-            for blob in staged:
-                if self.blobs.place(blob):
-                    placed.append(blob)
+            placement = self.blobs.place_all(staged)
             return self._commit(package_id, entries, staged, replace, actor, action)
         except BaseException:
-            for blob in placed:
-                self.blobs.undo_place(blob, actor)
+            self.blobs.undo_place(placement, actor)
             raise
         finally:
             for blob in staged:
@@ -189,20 +194,21 @@ class FileService:
         """
         refs: Counter[str] = Counter()
         now = utcnow()
-        inserts, updates = [], []
+        inserts, updates, added_bytes = [], [], 0
         for new in entries:
             new.created_at = now
             old = existing.get(new.path)
             if old is not None:
                 refs[old.sha256] -= 1
-                package.total_bytes -= old.size
+                added_bytes -= old.size
                 updates.append({"p": new.path, "d": new.sha256, "n": new.size, "m": new.media_type})
             else:
                 inserts.append({"package_id": package.id, "path": new.path, "blob_sha256": new.sha256,
                                 "size": new.size, "media_type": new.media_type, "created_at": now})
-                package.file_count += 1
             refs[new.sha256] += 1
-            package.total_bytes += new.size
+            added_bytes += new.size
+        package.file_count += len(inserts)
+        package.total_bytes += added_bytes
         table, conn = FileEntry.__table__, session.connection()
         if inserts:
             conn.execute(table.insert(), inserts)
@@ -240,14 +246,20 @@ class FileService:
             package = load_package(session, package_id)
             if package.status == "deleted":
                 raise Gone(f"package {package_id} was deleted", package_id=package_id)
-            found = session.execute(select(*ENTRY_COLUMNS, Blob.blake3)
+            found = session.execute(select(*ENTRY_COLUMNS, Blob.blake3, StorageLocation.object_key,
+                                           StorageLocation.offset, StorageLocation.length)
                                     .join(Blob, Blob.sha256 == FileEntry.blob_sha256)
+                                    .outerjoin(StorageLocation, StorageLocation.blob_sha256 == FileEntry.blob_sha256)
                                     .where(FileEntry.package_id == package_id, FileEntry.path == path)).first()
             if found is None:
                 raise NotFound(f"no file {path!r} in package {package_id}", package_id=package_id, path=path)
             entry, blake3 = Entry(*found[:5]), found[5]
         start, end = _resolve_range(byte_range, entry.size)
-        chunks = self.blobs.open(entry.sha256, start, end) if body and end > start else iter(())
+        chunks: Iterator[bytes] = iter(())
+        if body and end > start:
+            if found.object_key is None:
+                raise ObjectMissing(f"no location recorded for sha256:{entry.sha256}")
+            chunks = self.blobs.read(Location(*found[6:9]), start, end)
         return Download(entry, blake3, start, end, chunks)
 
 

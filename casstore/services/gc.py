@@ -3,9 +3,9 @@
 Never stop-the-world, never a read-only window: each blob is removed by the
 two-phase, row-locked collect of cas.py, so an upload or attach racing with
 gc is settled in the database (the loser is told the blob is missing and
-uploads it again). Objects that no row knows (an upload that died between
-placing its object and committing) are removed once older than a grace
-period. One gc at a time, under a lease.
+uploads it again). Objects that no location names (an upload that died
+between placing its object or pack and committing) are removed once older
+than a grace period. One gc at a time, under a lease.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from sqlalchemy import select
 from .. import layout
 from ..cas import BlobStore
 from ..db import Database
-from ..models import Blob, utcnow
+from ..models import Blob, StorageLocation, utcnow
 from ..storage import Storage
 from .lease import lease
 
@@ -47,7 +47,6 @@ class GcService:
             with self.db.read() as session:
                 stmt = select(Blob.sha256).where(Blob.refcount == 0).order_by(Blob.sha256)
                 candidates = list(session.scalars(stmt.limit(limit) if limit else stmt))
-            known = set()
             for i, sha in enumerate(candidates):
                 freed = self.blobs.collect(sha, actor)
                 if freed is None:
@@ -58,15 +57,18 @@ class GcService:
                     report.removed.append(sha)
                 if i % 500 == 499:
                     held.renew()
-            with self.db.read() as session:
-                known = set(session.scalars(select(Blob.sha256)))
-            cutoff = utcnow() - orphan_grace
-            for info in list(self.storage.list(layout.BLOB_PREFIX)):
-                digest = layout.digest_from_blob_key(info.key)
-                if digest is None or digest in known or info.last_modified > cutoff:
+            self._sweep(report, actor, utcnow() - orphan_grace)
+        return report
+
+    def _sweep(self, report: GcReport, actor: str, cutoff) -> None:
+        """Remove objects older than ``cutoff`` that no location names."""
+        with self.db.read() as session:
+            named = set(session.scalars(select(StorageLocation.object_key)))
+        for prefix in (layout.BLOB_PREFIX, layout.PACK_PREFIX):
+            for info in list(self.storage.list(prefix)):
+                if info.key in named or info.last_modified > cutoff:
                     continue
-                freed = self.blobs.collect(digest, actor)
+                freed = self.blobs.remove_orphan(info.key, actor)
                 if freed is not None:
                     report.orphans_removed += 1
                     report.orphan_bytes_freed += freed
-        return report

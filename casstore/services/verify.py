@@ -2,11 +2,13 @@
 
 Checks (each failure is one Finding):
 
-* blob-missing / blob-size: a blob row whose object is absent or of another size (the row is
-  marked 'missing', so existence answers stop claiming it and the next upload repairs it);
+* blob-missing / blob-size: a blob row whose object (its own, or its pack) is absent or of
+  another size, or that has no location (the row is marked 'missing', so existence answers
+  stop claiming it and the next upload repairs it);
 * refcount: a blob's reference count differs from its live file entries + manifests;
 * manifest: a finalized package whose manifest blob is absent or hashes to something else;
-* orphan-object: an object under blobs/ that no row knows (reported; gc may remove it);
+* orphan-object: an object under blobs/ or packs/ that no location names (reported; gc
+  removes it after its grace period);
 * staging-object: a staging object older than an hour: an upload that died
   (``repair_staging`` removes them); younger ones are listed as staging-active,
   which is not a discrepancy;
@@ -31,10 +33,10 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select, update
 
 from .. import layout
-from ..cas import BlobStore
+from ..cas import BlobStore, Location
 from ..db import Database
 from ..errors import StorageError
-from ..models import Blob, FileEntry, Package, utcnow
+from ..models import Blob, FileEntry, Package, StorageLocation, utcnow
 from ..storage import Storage
 from . import audit
 
@@ -66,6 +68,18 @@ class Report:
         return all(f.kind.endswith("-active") for f in self.findings)
 
 
+@dataclass(frozen=True)
+class BlobAt:
+    """A blob row and its location (key None: no location recorded)."""
+
+    sha256: str
+    size: int
+    state: str
+    key: str | None
+    offset: int | None
+    length: int | None
+
+
 class VerifyService:
     def __init__(self, db: Database, storage: Storage, blobs: BlobStore) -> None:
         self.db = db
@@ -84,21 +98,34 @@ class VerifyService:
             self._scrub(report, max_duration)
         return report
 
-    def _blob_rows(self) -> dict[str, tuple[int, str]]:
+    def _blob_rows(self) -> dict[str, BlobAt]:
         with self.db.read() as session:
-            return {sha: (size, state) for sha, size, state in
-                    session.execute(select(Blob.sha256, Blob.size, Blob.state))}
+            return {row.sha256: BlobAt(*row) for row in session.execute(
+                select(Blob.sha256, Blob.size, Blob.state, StorageLocation.object_key,
+                       StorageLocation.offset, StorageLocation.length)
+                .outerjoin(StorageLocation, StorageLocation.blob_sha256 == Blob.sha256))}
 
-    def _check_objects(self, rows: dict[str, tuple[int, str]], report: Report) -> None:
-        for sha, (size, state) in rows.items():
-            if state == "deleting":
+    def _check_objects(self, rows: dict[str, BlobAt], report: Report) -> None:
+        """One HEAD per object: a pack of a thousand blobs is looked at once."""
+        seen: dict[str, int | None] = {}
+        for sha, row in rows.items():
+            if row.state == "deleting":
                 continue
-            info = self.storage.head(layout.blob_key(sha))
-            if info is None:
-                report.findings.append(Finding("blob-missing", sha, "row exists, object is not on the backend"))
+            if row.key is None:
+                report.findings.append(Finding("blob-missing", sha, "row exists, no location recorded"))
                 self._mark_missing(sha)
-            elif info.size != size:
-                report.findings.append(Finding("blob-size", sha, f"row says {size} bytes, object has {info.size}"))
+                continue
+            if row.key not in seen:
+                info = self.storage.head(row.key)
+                seen[row.key] = None if info is None else info.size
+            have = seen[row.key]
+            packed = layout.is_pack_key(row.key)
+            if have is None:
+                report.findings.append(Finding("blob-missing", sha, f"row exists, {row.key} is not on the backend"))
+                self._mark_missing(sha)
+            elif row.length != row.size or (have < row.offset + row.size if packed else have != row.size):
+                report.findings.append(Finding("blob-size", sha, f"row says {row.size} bytes at {row.offset} "
+                                                                 f"of {row.key}, which has {have}"))
                 self._mark_missing(sha)
 
     def _mark_missing(self, sha: str) -> None:
@@ -150,11 +177,12 @@ class VerifyService:
             if actual != hex_:
                 report.findings.append(Finding("manifest", package_id, f"manifest {digest} hashes to {actual}"))
 
-    def _check_unknown_objects(self, rows: dict[str, tuple[int, str]], report: Report) -> None:
-        for info in self.storage.list(layout.BLOB_PREFIX):
-            digest = layout.digest_from_blob_key(info.key)
-            if digest is None or digest not in rows:
-                report.findings.append(Finding("orphan-object", info.key, f"{info.size} bytes, no blob row"))
+    def _check_unknown_objects(self, rows: dict[str, BlobAt], report: Report) -> None:
+        named = {row.key for row in rows.values()}
+        for prefix in (layout.BLOB_PREFIX, layout.PACK_PREFIX):
+            for info in self.storage.list(prefix):
+                if info.key not in named:
+                    report.findings.append(Finding("orphan-object", info.key, f"{info.size} bytes, no location"))
         stale_before = utcnow() - STAGING_GRACE
         for info in self.storage.list(layout.STAGING_PREFIX):
             made = layout.staging_key_time(info.key) or info.last_modified
@@ -168,14 +196,17 @@ class VerifyService:
     def _scrub(self, report: Report, max_duration: float | None) -> None:
         deadline = None if max_duration is None else time.monotonic() + max_duration
         with self.db.read() as session:
-            order = session.execute(select(Blob.sha256, Blob.size).where(Blob.state == "present")
+            order = session.execute(select(Blob.sha256, Blob.size, StorageLocation.object_key,
+                                           StorageLocation.offset, StorageLocation.length)
+                                    .join(StorageLocation, StorageLocation.blob_sha256 == Blob.sha256)
+                                    .where(Blob.state == "present")
                                     .order_by(Blob.verified_at.is_not(None), Blob.verified_at, Blob.sha256)).all()
-        for n, (sha, size) in enumerate(order):
+        for n, (sha, size, *where) in enumerate(order):
             if deadline is not None and n > 0 and time.monotonic() >= deadline:  # at least one per run
                 report.complete = False
                 return
             try:
-                actual = _sha256_of(self.blobs.open(sha))
+                actual = _sha256_of(self.blobs.read(Location(*where)))
             except StorageError:
                 continue  # already reported as blob-missing
             report.blobs_rehashed += 1

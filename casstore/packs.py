@@ -1,0 +1,91 @@
+"""Pack objects: the small blobs of one upload batch written as one object.
+
+Why: a guide-board run is mostly small files (logs, reports of a few KB).
+One object per blob costs a filesystem create or an S3 PUT each, which is
+most of the time of a small-file ingest (restic and borg pack for the same
+reason). A batch's new small blobs go into one pack instead; each blob's
+place in it is a storage_location row (object key, offset, length).
+
+The layout of a pack, so that it can be read without the database::
+
+    <blob bytes><blob bytes>...<index JSON><footer: b"ASPACK01" + index length, 8 bytes big-endian>
+
+    index JSON = {"format": "artifact-store.pack/v1",
+                  "blobs": [[sha256 hex, offset, length], ...]}
+
+Rules the gc relies on (see cas.BlobStore.collect): a pack's key is a fresh
+ULID, never reused, and the only transaction that records locations in a
+pack is the one of the upload that wrote it. After that, the set of blobs a
+pack holds only shrinks; when no location names it any more, it is deleted.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from . import layout
+from .storage import Storage
+
+MAGIC = b"ASPACK01"
+FOOTER = len(MAGIC) + 8
+FORMAT = "artifact-store.pack/v1"
+
+
+@dataclass(frozen=True)
+class PackedBlob:
+    sha256: str
+    offset: int
+    length: int
+
+
+@dataclass
+class Pack:
+    """A pack ready to write: its key, its bytes as chunks, and where each blob sits."""
+
+    key: str
+    chunks: list[bytes]
+    blobs: list[PackedBlob]
+
+    @property
+    def size(self) -> int:
+        return sum(len(c) for c in self.chunks)
+
+
+def build(blobs: list[tuple[str, bytes]]) -> Pack:
+    """Lay out (sha256, bytes) pairs, each digest once, under a new pack key."""
+    chunks: list[bytes] = []
+    placed: list[PackedBlob] = []
+    seen: set[str] = set()
+    offset = 0
+    for sha, data in blobs:
+        if sha in seen:
+            continue
+        seen.add(sha)
+        chunks.append(data)
+        placed.append(PackedBlob(sha, offset, len(data)))
+        offset += len(data)
+    index = json.dumps({"format": FORMAT, "blobs": [[b.sha256, b.offset, b.length] for b in placed]},
+                       separators=(",", ":")).encode()
+    chunks += [index, MAGIC + len(index).to_bytes(8, "big")]
+    return Pack(layout.new_pack_key(), chunks, placed)
+
+
+def write(storage: Storage, pack: Pack) -> None:
+    storage.put_stream(pack.key, pack.chunks, size_hint=pack.size)
+
+
+def read_index(storage: Storage, key: str) -> list[PackedBlob]:
+    """The blobs a pack says it holds, from its own index (for recovery and checks)."""
+    info = storage.head(key)
+    if info is None or info.size < FOOTER:
+        raise ValueError(f"{key} is not a pack")
+    footer = b"".join(storage.get(key, info.size - FOOTER, info.size))
+    if footer[:len(MAGIC)] != MAGIC:
+        raise ValueError(f"{key} has no pack footer")
+    length = int.from_bytes(footer[len(MAGIC):], "big")
+    start = info.size - FOOTER - length
+    index = json.loads(b"".join(storage.get(key, start, info.size - FOOTER)))
+    if index.get("format") != FORMAT:
+        raise ValueError(f"{key}: unknown pack format {index.get('format')!r}")
+    return [PackedBlob(sha, offset, n) for sha, offset, n in index["blobs"]]

@@ -7,12 +7,14 @@ import http.client
 import os
 import random
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.lower_bound import hash_and_copy  # noqa: E402
 from tests.serverproc import ServerProcess  # noqa: E402
 
 BIG = 1 << 30
@@ -50,20 +52,18 @@ def files_of(root: Path) -> list[Path]:
 
 
 def lower_bound(root: Path, dest: Path) -> float:
-    """Plain Python: walk, SHA-256 and copy every file into a folder. Seconds."""
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.mkdir(parents=True)
+    """Plain Python: walk, SHA-256 and copy every file into a folder, inside this process. Seconds."""
+    return hash_and_copy(root, dest)
+
+
+def lower_bound_command(root: Path, dest: Path) -> float:
+    """The same work as a command of its own (bench/lower_bound.py), timed from outside like the CLI:
+    interpreter start included on both sides. Seconds."""
+    script = [sys.executable, str(Path(__file__).with_name("lower_bound.py")), str(root), str(dest)]
+    subprocess.run(script + ["--prepare"], check=True)
+    drop_dirty_pages()
     started = time.perf_counter()
-    for path in files_of(root):
-        target = dest / path.relative_to(root)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        digest = hashlib.sha256()
-        with open(path, "rb") as src, open(target, "wb") as out:
-            while chunk := src.read(BLOCK):
-                digest.update(chunk)
-                out.write(chunk)
-        digest.hexdigest()
+    subprocess.run(script, check=True)
     return time.perf_counter() - started
 
 

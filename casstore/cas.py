@@ -165,19 +165,20 @@ class BlobStore:
         it = iter(chunks)
         head, ended = _read_upto(it, SMALL_BLOB if small_limit is None else small_limit)
         if ended:
-            staged = StagedBlob(digest_bytes(head), data=head)
-        else:
-            staged = self._stage_large(_prepend(head, it), size_hint)
+            return self.stage_bytes(head, expected_sha256)
+        return self._checked(self._stage_large(_prepend(head, it), size_hint), expected_sha256)
+
+    def stage_bytes(self, data: bytes, expected_sha256: str | None = None) -> StagedBlob:
+        """Stage a small buffer (a tar member, a manifest the server made): it stays in memory."""
+        return self._checked(StagedBlob(digest_bytes(data), data=data), expected_sha256)
+
+    def _checked(self, staged: StagedBlob, expected_sha256: str | None) -> StagedBlob:
         if expected_sha256 is not None and staged.sha256 != expected_sha256:
             self.discard(staged)
             raise DigestMismatch(
                 f"received bytes hash to sha256:{staged.sha256}, not the sha256:{expected_sha256} announced",
                 received_sha256=staged.sha256, expected_sha256=expected_sha256)
         return staged
-
-    def stage_bytes(self, data: bytes) -> StagedBlob:
-        """Stage a small buffer the server made itself (a manifest)."""
-        return StagedBlob(digest_bytes(data), data=data)
 
     def _stage_large(self, chunks: Iterator[bytes], size_hint: int | None = None) -> StagedBlob:
         key = layout.new_staging_key()

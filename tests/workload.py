@@ -3,7 +3,7 @@
 Each round it creates a package of the short-lived class, asks which of its
 digests the store lacks, attaches the others by reference (re-uploading any
 that gc removed in between: the attach answer names them), uploads the rest
-with their SHA-256, finalizes, keeps the newest ``keep`` packages and deletes
+(several as one tar batch, so as one pack; one alone with its SHA-256), finalizes, keeps the newest ``keep`` packages and deletes
 the older ones - so shared blobs keep losing their last reference and coming
 back, which is exactly when gc and writers race.
 """
@@ -11,8 +11,10 @@ back, which is exactly when gc and writers race.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import random
+import tarfile
 import threading
 
 import requests
@@ -59,7 +61,11 @@ class PackageChurn(threading.Thread):
             raced = [i["path"] for i in known if i["sha256"] in lost]
             self.reuploads += len(raced)
             upload += raced
-        for path in upload:
+        if len(upload) > 1:  # a tar batch: its new blobs become one pack, racing with gc like any blob
+            r = http.post(f"{self.url()}/v1/packages/{pkg}/tar", data=tar_of({p: files[p] for p in upload}),
+                          headers={"Content-Type": "application/x-tar"})
+            assert r.status_code == 201, r.text
+        for path in upload if len(upload) == 1 else []:
             r = http.put(f"{self.url()}/v1/packages/{pkg}/files/{path}", data=files[path],
                          headers={"X-Checksum-Sha256": sha(files[path])})
             assert r.status_code == 201, r.text
@@ -73,3 +79,13 @@ class PackageChurn(threading.Thread):
             del self.kept[oldest]
             self.deleted += 1
         self.done += 1
+
+
+def tar_of(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for path, data in files.items():
+            info = tarfile.TarInfo(path)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()

@@ -44,6 +44,7 @@ TAR_BATCH_FILES = 1000
 MISSING_BATCH = 5000
 ATTACH_BATCH = 1000
 READ_BLOCK = 1 << 20
+KEEP_BYTES = 32 << 20  # small files' bytes kept from hashing to uploading (read once, not twice)
 
 
 class IngestConflict(Exception):
@@ -108,6 +109,7 @@ class Ingestor:
         self.progress = progress or Progress(False)
         self.new_bytes = 0
         self._package_id = ""
+        self._kept: dict[str, bytes] = {}  # path -> the very bytes hashed (so also the bytes sent)
 
     # 1 ------------------------------------------------------------------------
     def hash_all(self) -> dict[str, str]:
@@ -121,18 +123,41 @@ class Ingestor:
                 except OSError as exc:
                     raise RunDirError(f"cannot read a file: {exc.strerror or exc}: {exc.filename}") from exc
 
-            # big files one per task, small ones a hundred per task (a task costs more than a small file)
+            # Big files on the pool, one each; small ones here, meanwhile: hashlib keeps the GIL
+            # for buffers under 2 KiB, so threads would only take turns on them.
+            big = sorted((f for f in todo if f.size > SMALL_FILE), key=lambda f: -f.size)
             with ThreadPoolExecutor(self.jobs) as pool:
-                hashed = [pair for group in pool.map(some, _hash_groups(todo)) for pair in group]
+                running = [pool.submit(some, [f]) for f in big]
+                hashed = self._hash_small([f for f in todo if f.size <= SMALL_FILE], bar.update)
+                hashed += [pair for job in running for pair in job.result()]
         self.cache.store(hashed)
         digests.update((f.path, d) for f, d in hashed)
         return digests
 
+    def _hash_small(self, files: list[LocalFile], on_bytes: Callable[[int], None]) -> list[tuple[LocalFile, str]]:
+        """Hash small files in one read each, keeping their bytes (within KEEP_BYTES) for the upload."""
+        hashed, kept = [], 0
+        for f in files:
+            try:
+                with open(f.abspath, "rb", buffering=0) as src:
+                    data = src.read(SMALL_FILE + 1)
+            except OSError as exc:
+                raise RunDirError(f"cannot read {f.path}: {exc.strerror or exc}") from exc
+            if len(data) > SMALL_FILE:  # it grew since the scan: hash it the streaming way
+                hashed.append((f, sha256_file(f.abspath, on_bytes)))
+                continue
+            hashed.append((f, hashlib.sha256(data).hexdigest()))
+            on_bytes(len(data))
+            if kept + len(data) <= KEEP_BYTES:
+                self._kept[f.path] = data
+                kept += len(data)
+        return hashed
+
     # 2 ------------------------------------------------------------------------
-    def find_or_create(self) -> dict:
+    def find_or_create(self, existing: dict | None) -> dict:
+        """The run's live package: the one found (looked up while hashing), or a new one."""
         from .client import ApiError
 
-        existing = self.client.find_package(PRODUCER, self.run.run_id)
         if existing is not None:
             return existing
         run = self.run.run
@@ -161,9 +186,9 @@ class Ingestor:
                 f"give the new run its own run_id.")
 
     # 3-5 ----------------------------------------------------------------------
-    def send(self, digests: dict[str, str]) -> None:
+    def send(self, package: dict, digests: dict[str, str]) -> None:
         package_id = self._package_id
-        held = self.client.files(package_id)
+        held = self.client.files(package_id) if package["file_count"] else {}
         local = {f.path: f for f in self.run.files}
         extra = sorted(set(held) - set(local))
         if extra:
@@ -232,22 +257,25 @@ class Ingestor:
                     while len(pending) >= self.jobs:  # at most ``jobs`` tar bodies in memory
                         pending.popleft().result()
                     if kind == "tar":  # built here, while the pool sends the ones before
-                        pending.append(pool.submit(send_tar, batch, _tar_of(batch)))
+                        pending.append(pool.submit(send_tar, batch, _tar_of(batch, self._kept)))
                     else:
                         pending.append(pool.submit(send_file, batch[0]))
                 while pending:
                     pending.popleft().result()
+        self._kept.clear()
         self.new_bytes += sum(f.size for f in files)
 
     # all ----------------------------------------------------------------------
     def ingest(self) -> dict:
-        digests = self.hash_all()
-        package = self.find_or_create()
+        with ThreadPoolExecutor(1) as pool:  # looked up while we hash; made only once all was read
+            found = pool.submit(self.client.find_package, PRODUCER, self.run.run_id)
+            digests = self.hash_all()
+            package = self.find_or_create(found.result())
         self._package_id = package["id"]
         if package["status"] == "finalized":
             self.check_finalized(package, digests)
         else:
-            self.send(digests)
+            self.send(package, digests)
             package = self.client.finalize(package["id"])
         return {
             "package_id": package["id"],
@@ -283,16 +311,18 @@ def _tar_batches(files: list[LocalFile]) -> Iterable[list[LocalFile]]:
         yield batch
 
 
-def _tar_of(files: list[LocalFile]) -> bytes:
+def _tar_of(files: list[LocalFile], kept: dict[str, bytes]) -> bytes:
     """An uncompressed tar of small files (PAX, so any name fits); the body's SHA-256 goes
     in Content-Digest, and each file's digest comes back in the answer to be compared."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for f in files:
             info = tarfile.TarInfo(f.path)
+            data = kept.pop(f.path, None)
             try:
-                with open(f.abspath, "rb") as src:
-                    data = src.read(SMALL_FILE + 1)
+                if data is None:
+                    with open(f.abspath, "rb") as src:
+                        data = src.read(SMALL_FILE + 1)
             except OSError as exc:
                 raise RunDirError(f"cannot read {f.path}: {exc.strerror or exc}") from exc
             info.size = len(data)
@@ -307,9 +337,3 @@ def _same_digests(added: list[dict], digests: dict[str, str]) -> None:
         raise ChangedWhileReading(f"{len(changed)} file(s) changed while being ingested (first: {changed[:5]}); "
                                   f"let the run finish writing, then run the same command again")
 
-
-def _hash_groups(files: list[LocalFile]) -> Iterable[list[LocalFile]]:
-    big = sorted((f for f in files if f.size > SMALL_FILE), key=lambda f: -f.size)
-    small = [f for f in files if f.size <= SMALL_FILE]
-    yield from ([f] for f in big)
-    yield from batched(small, 100)

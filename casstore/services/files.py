@@ -21,7 +21,7 @@ from typing import IO
 from sqlalchemy import bindparam, select, update
 from sqlmodel import Session
 
-from ..cas import CHUNK, BlobStore, Location, Placement, StagedBlob
+from ..cas import CHUNK, SMALL_BLOB, BlobStore, Location, Placement, StagedBlob
 from ..db import Database
 from ..digests import HashingReader, parse_sha256
 from ..errors import DigestMismatch, Gone, InvalidInput, InvalidPath, NotFound, ObjectMissing, PathExists, RangeNotSatisfiable
@@ -126,9 +126,12 @@ class FileService:
                     if len(entries) >= MAX_BATCH_FILES:
                         raise InvalidInput(f"a batch holds at most {MAX_BATCH_FILES} files")
                     expected = member.pax_headers.get(PAX_SHA256)
-                    blob = self.blobs.stage(_member_chunks(tar, member),
-                                            parse_sha256(expected) if expected else None,
-                                            small_limit=None if in_memory < BATCH_MEMORY else 0)
+                    expected = parse_sha256(expected) if expected else None
+                    if member.size <= SMALL_BLOB and in_memory < BATCH_MEMORY:  # the common case, kept short
+                        blob = self.blobs.stage_bytes(_member_bytes(tar, member), expected)
+                    else:
+                        blob = self.blobs.stage(_member_chunks(tar, member), expected,
+                                                small_limit=None if in_memory < BATCH_MEMORY else 0)
                     staged.append(blob)
                     in_memory += len(blob.data or b"")
                     media = media_type_or_guess(member.pax_headers.get(PAX_MEDIA_TYPE), path)
@@ -320,6 +323,16 @@ def _tar_member_path(member: tarfile.TarInfo) -> str:
         return validate_path(member.name)
     except InvalidPath as exc:
         raise InvalidPath(f"tar member {member.name[:200]!r}: {exc.detail}") from exc
+
+
+def _member_bytes(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    try:
+        data = tar.extractfile(member).read()
+    except tarfile.TarError as exc:
+        raise InvalidInput(f"truncated tar member {member.name[:200]!r}") from exc
+    if len(data) != member.size:
+        raise InvalidInput(f"truncated tar member {member.name[:200]!r}")
+    return data
 
 
 def _member_chunks(tar: tarfile.TarFile, member: tarfile.TarInfo) -> Iterator[bytes]:

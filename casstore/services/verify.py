@@ -8,7 +8,8 @@ Checks (each failure is one Finding):
 * refcount: a blob's reference count differs from its live file entries + manifests;
 * manifest: a finalized package whose manifest blob is absent or hashes to something else;
 * orphan-object: an object under blobs/ or packs/ that no location names (reported; gc
-  removes it after its grace period);
+  removes it after its grace period); a pack younger than cas.PACK_TRUST is listed as
+  pack-active instead: an upload may be about to record it;
 * staging-object: a staging object older than an hour: an upload that died
   (``repair_staging`` removes them); younger ones are listed as staging-active,
   which is not a discrepancy;
@@ -33,7 +34,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select, update
 
 from .. import layout
-from ..cas import BlobStore, Location
+from ..cas import PACK_TRUST, BlobStore, Location
 from ..db import Database
 from ..errors import StorageError
 from ..models import Blob, FileEntry, Package, StorageLocation, utcnow
@@ -179,10 +180,13 @@ class VerifyService:
 
     def _check_unknown_objects(self, rows: dict[str, BlobAt], report: Report) -> None:
         named = {row.key for row in rows.values()}
+        recent = utcnow() - PACK_TRUST
         for prefix in (layout.BLOB_PREFIX, layout.PACK_PREFIX):
             for info in self.storage.list(prefix):
                 if info.key not in named:
-                    report.findings.append(Finding("orphan-object", info.key, f"{info.size} bytes, no location"))
+                    made = layout.pack_key_time(info.key)
+                    kind = "pack-active" if made is not None and made > recent else "orphan-object"
+                    report.findings.append(Finding(kind, info.key, f"{info.size} bytes, no location"))
         stale_before = utcnow() - STAGING_GRACE
         for info in self.storage.list(layout.STAGING_PREFIX):
             made = layout.staging_key_time(info.key) or info.last_modified

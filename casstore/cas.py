@@ -64,6 +64,7 @@ class BlobRow:
     size: int
     state: str
     refcount: int
+    inserted: bool = False  # this transaction made the row (with the references it was given)
 
 
 def _insert_for(session: Session):
@@ -255,7 +256,8 @@ class BlobStore:
             raise ObjectMissing(f"could not place blob sha256:{staged.sha256}")
 
     # 4: claim (inside the caller's write transaction) ---------------------------
-    def claim(self, session: Session, staged: list[StagedBlob], also_lock: Iterable[str] = ()) -> dict[str, BlobRow]:
+    def claim(self, session: Session, staged: list[StagedBlob], also_lock: Iterable[str] = (),
+              refs: dict[str, int] | None = None) -> dict[str, BlobRow]:
         """Record every staged blob as 'present', under row locks, after checking its object.
 
         ``also_lock`` names other blob rows the caller will change (for example
@@ -264,7 +266,9 @@ class BlobStore:
         Only rows that were not 'present' (new, or claimed by gc) need their
         object checked: a 'present' row's object was checked under this same
         lock by whoever made it present, and gc cannot remove it without first
-        taking the row to 'deleting'. Returns every locked row by digest.
+        taking the row to 'deleting'. A row this transaction inserts starts
+        with ``refs[digest]`` references (saving an UPDATE per new blob; such
+        rows come back with ``inserted``). Returns every locked row by digest.
         """
         by_digest = {s.sha256: s for s in staged}
         wanted = sorted(set(by_digest) | set(also_lock))
@@ -273,13 +277,15 @@ class BlobStore:
         for _ in range(MAX_CLAIM_ROUNDS):
             # Between our insert (which found a row) and our lock, a concurrent gc may have removed
             # that row (PostgreSQL, read committed): insert what is absent again until all are held.
-            new |= self._insert_missing_rows(session, [by_digest[d] for d in absent])
+            new |= self._insert_missing_rows(session, [by_digest[d] for d in absent], refs or {})
             rows = self.lock_rows(session, wanted)
             absent = [d for d in sorted(by_digest) if d not in rows]
             if not absent:
                 break
         else:
             raise StorageError("could not hold the blob rows against concurrent gc; retry the request")
+        for d in new:
+            rows[d].inserted = True
         revived, placed, packs_seen = [], [], {}
         for row in rows.values():
             blob = by_digest.get(row.sha256)
@@ -301,7 +307,7 @@ class BlobStore:
         self._record_locations(session, placed)
         return rows
 
-    def _insert_missing_rows(self, session: Session, staged: list[StagedBlob]) -> set[str]:
+    def _insert_missing_rows(self, session: Session, staged: list[StagedBlob], refs: dict[str, int]) -> set[str]:
         """Insert rows for blobs the registry has never seen; returns the digests inserted."""
         if not staged:
             return set()
@@ -310,7 +316,8 @@ class BlobStore:
         conn = session.connection()
         inserted = conn.execute(
             insert(Blob.__table__).on_conflict_do_nothing().returning(Blob.__table__.c.sha256),
-            [dict(sha256=s.sha256, size=s.size, blake3=s.digests.blake3, refcount=0, state="present",
+            [dict(sha256=s.sha256, size=s.size, blake3=s.digests.blake3, refcount=refs.get(s.sha256, 0),
+                  state="present",
                   created_at=now, verified_at=None) for s in staged]).scalars().all()
         return set(inserted)
 

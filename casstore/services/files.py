@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import mimetypes
 import re
-import tarfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -21,12 +20,22 @@ from typing import IO
 from sqlalchemy import bindparam, select, update
 from sqlmodel import Session
 
-from ..cas import CHUNK, SMALL_BLOB, BlobStore, Location, Placement, StagedBlob
+from ..cas import SMALL_BLOB, BlobStore, Location, Placement, StagedBlob
 from ..db import Database
 from ..digests import HashingReader, parse_sha256
-from ..errors import DigestMismatch, Gone, InvalidInput, InvalidPath, NotFound, ObjectMissing, PathExists, RangeNotSatisfiable
+from ..errors import (
+    DigestMismatch,
+    Gone,
+    InvalidInput,
+    InvalidPath,
+    NotFound,
+    ObjectMissing,
+    PathExists,
+    RangeNotSatisfiable,
+)
 from ..models import Blob, FileEntry, Package, StorageLocation, utcnow
 from ..paths import validate_path
+from ..tarstream import TarReader
 from . import audit
 from .packages import Page, load_open_package, load_package, require_open
 
@@ -118,24 +127,24 @@ class FileService:
         body = HashingReader(stream)
         try:
             in_memory = 0
-            with _open_tar(body) as tar:
-                for member in tar:
-                    if member.isdir():
-                        continue
-                    path = _tar_member_path(member)
-                    if len(entries) >= MAX_BATCH_FILES:
-                        raise InvalidInput(f"a batch holds at most {MAX_BATCH_FILES} files")
-                    expected = member.pax_headers.get(PAX_SHA256)
-                    expected = parse_sha256(expected) if expected else None
-                    if member.size <= SMALL_BLOB and in_memory < BATCH_MEMORY:  # the common case, kept short
-                        blob = self.blobs.stage_bytes(_member_bytes(tar, member), expected)
-                    else:
-                        blob = self.blobs.stage(_member_chunks(tar, member), expected,
-                                                small_limit=None if in_memory < BATCH_MEMORY else 0)
-                    staged.append(blob)
-                    in_memory += len(blob.data or b"")
-                    media = media_type_or_guess(member.pax_headers.get(PAX_MEDIA_TYPE), path)
-                    entries.append(Entry(path, blob.sha256, blob.size, media))
+            tar = TarReader(body)
+            for member in tar:
+                if member.is_dir:
+                    continue
+                path = _tar_member_path(member.name)
+                if len(entries) >= MAX_BATCH_FILES:
+                    raise InvalidInput(f"a batch holds at most {MAX_BATCH_FILES} files")
+                expected = member.pax.get(PAX_SHA256)
+                expected = parse_sha256(expected) if expected else None
+                if member.size <= SMALL_BLOB and in_memory < BATCH_MEMORY:  # the common case, kept short
+                    blob = self.blobs.stage_bytes(tar.read_small(), expected)
+                else:
+                    blob = self.blobs.stage(tar.chunks(), expected, size_hint=member.size,
+                                            small_limit=None if in_memory < BATCH_MEMORY else 0)
+                staged.append(blob)
+                in_memory += len(blob.data or b"")
+                media = media_type_or_guess(member.pax.get(PAX_MEDIA_TYPE), path)
+                entries.append(Entry(path, blob.sha256, blob.size, media))
             _refuse_duplicate_paths([e.path for e in entries])
             if expected_sha256 is not None and (received := body.drain()) != expected_sha256:
                 raise DigestMismatch(f"the tar body hashes to sha256:{received}, "
@@ -185,30 +194,31 @@ class FileService:
         with self.db.write() as session:
             package = load_open_package(session, self.db, package_id)
             existing = _existing_or_refuse(session, package.id, [e.path for e in entries], replace)
-            self.blobs.claim(session, staged, also_lock={e.sha256 for e in existing.values()})
-            return self._apply(session, package, entries, existing, actor, action)
+            rows = self.blobs.claim(session, staged, also_lock={e.sha256 for e in existing.values()},
+                                    refs=_reference_changes(entries, existing))
+            return self._apply(session, package, entries, existing, actor, action,
+                               counted={d for d, row in rows.items() if row.inserted})
 
     def _apply(self, session: Session, package: Package, entries: list[Entry],
-               existing: dict[str, Entry], actor: str, action: str) -> list[Entry]:
+               existing: dict[str, Entry], actor: str, action: str, counted: set[str] = frozenset()) -> list[Entry]:
         """Add or replace entries; every blob row involved must be locked, the new ones present.
+
+        ``counted``: blobs whose rows were inserted already holding these entries' references.
 
         Plain Core statements, executemany: a batch of 1,000 entries costs a
         few milliseconds, not a thousand ORM objects.
         """
-        refs: Counter[str] = Counter()
         now = utcnow()
         inserts, updates, added_bytes = [], [], 0
         for new in entries:
             new.created_at = now
             old = existing.get(new.path)
             if old is not None:
-                refs[old.sha256] -= 1
                 added_bytes -= old.size
                 updates.append({"p": new.path, "d": new.sha256, "n": new.size, "m": new.media_type})
             else:
                 inserts.append({"package_id": package.id, "path": new.path, "blob_sha256": new.sha256,
                                 "size": new.size, "media_type": new.media_type, "created_at": now})
-            refs[new.sha256] += 1
             added_bytes += new.size
         package.file_count += len(inserts)
         package.total_bytes += added_bytes
@@ -219,7 +229,8 @@ class FileService:
             conn.execute(update(table).where(table.c.package_id == package.id, table.c.path == bindparam("p"))
                          .values(blob_sha256=bindparam("d"), size=bindparam("n"), media_type=bindparam("m"),
                                  created_at=now), updates)
-        self.blobs.add_refs(session, refs)
+        self.blobs.add_refs(session, {d: n for d, n in _reference_changes(entries, existing).items()
+                                      if d not in counted})
         package.status = "uploading"
         session.add(package)
         audit.record(session, actor, action, package_id=package.id, count=len(entries),
@@ -269,6 +280,13 @@ class FileService:
 ENTRY_COLUMNS = (FileEntry.path, FileEntry.blob_sha256, FileEntry.size, FileEntry.media_type, FileEntry.created_at)
 
 
+def _reference_changes(entries: list[Entry], existing: dict[str, Entry]) -> Counter[str]:
+    """How adding ``entries`` (replacing ``existing`` at their paths) moves each blob's refcount."""
+    refs: Counter[str] = Counter(e.sha256 for e in entries)
+    refs.subtract(existing[e.path].sha256 for e in entries if e.path in existing)
+    return refs
+
+
 def _existing(session: Session, package_id: str, paths: list[str]) -> dict[str, Entry]:
     found: dict[str, Entry] = {}
     for i in range(0, len(paths), 500):
@@ -309,36 +327,8 @@ def _resolve_range(byte_range: tuple[int, int | None] | None, size: int) -> tupl
     return start, size if stop is None else min(stop, size)
 
 
-def _open_tar(stream: IO[bytes]) -> tarfile.TarFile:
+def _tar_member_path(name: str) -> str:
     try:
-        return tarfile.open(fileobj=stream, mode="r|", bufsize=tarfile.RECORDSIZE)
-    except tarfile.TarError as exc:
-        raise InvalidInput(f"the body is not an uncompressed tar stream: {exc}") from exc
-
-
-def _tar_member_path(member: tarfile.TarInfo) -> str:
-    if not member.isfile():
-        raise InvalidInput(f"tar member {member.name[:200]!r} is not a regular file or folder")
-    try:
-        return validate_path(member.name)
+        return validate_path(name)
     except InvalidPath as exc:
-        raise InvalidPath(f"tar member {member.name[:200]!r}: {exc.detail}") from exc
-
-
-def _member_bytes(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
-    try:
-        data = tar.extractfile(member).read()
-    except tarfile.TarError as exc:
-        raise InvalidInput(f"truncated tar member {member.name[:200]!r}") from exc
-    if len(data) != member.size:
-        raise InvalidInput(f"truncated tar member {member.name[:200]!r}")
-    return data
-
-
-def _member_chunks(tar: tarfile.TarFile, member: tarfile.TarInfo) -> Iterator[bytes]:
-    reader = tar.extractfile(member)
-    try:
-        while chunk := reader.read(CHUNK):
-            yield chunk
-    except tarfile.TarError as exc:
-        raise InvalidInput(f"truncated tar member {member.name[:200]!r}") from exc
+        raise InvalidPath(f"tar member {name[:200]!r}: {exc.detail}") from exc

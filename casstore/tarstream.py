@@ -1,0 +1,242 @@
+"""Uncompressed tar streams: read member by member (fast, streaming, strict), and written.
+
+Why not the standard library's tarfile: in stream mode it spends about 30 µs
+per member parsing headers, which was half of the server's time on a batch
+of small files. This reader knows what producers send - POSIX ustar, pax
+extended headers ('x'; global 'g' headers are read and ignored), GNU long
+names ('L', 'K') and base-256 sizes - and refuses everything else with
+InvalidInput, never a server error. tests/test_tarstream.py checks it
+against tarfile on generated archives and on random bytes.
+
+A member's data must be read (``read_small`` or ``chunks``) before the next
+member is asked for; whatever was not read is skipped.
+
+``tar_of`` writes the batches the ingest CLI sends (POSIX ustar, a pax
+'path' record for a name ustar cannot hold): about 3 µs a member, where
+tarfile takes 20.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO
+
+from .errors import InvalidInput
+
+BLOCK = 512
+READ = 1 << 16
+CHUNK = 1 << 20
+MAX_META = 1 << 20  # a pax header or a GNU long name larger than this is not a producer's
+FILE_TYPES = (b"0", b"\0", b"7")
+DIR_TYPE = b"5"
+ZERO_BLOCK = bytes(BLOCK)
+_SIGNED = struct.Struct("148b8x356b")
+
+
+@dataclass
+class Member:
+    """One member: its name as the archive gives it, its size, and its pax records."""
+
+    name: str
+    size: int
+    is_dir: bool
+    pax: dict[str, str] = field(default_factory=dict)
+
+
+class TarReader:
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._raw = stream
+        self._buf = b""
+        self._pos = 0
+        self._left = 0  # data bytes of the current member not read yet
+        self._pad = 0  # padding after them
+
+    # -- members ---------------------------------------------------------------
+    def __iter__(self) -> Iterator[Member]:
+        pax: dict[str, str] = {}
+        long_name: str | None = None
+        while True:
+            self._skip(self._left + self._pad)
+            self._left = self._pad = 0
+            header = self._exact(BLOCK, eof_ok=True)
+            if header is None or header == ZERO_BLOCK:
+                return  # the end (what follows is padding; the caller may drain it)
+            _check_sum(header)
+            kind, size = header[156:157], _number(header[124:136])
+            if kind in (b"x", b"g", b"L", b"K"):
+                data = self._meta(size)
+                if kind == b"x":
+                    pax.update(_pax_records(data))
+                elif kind == b"L":
+                    long_name = _text(data.split(b"\0", 1)[0])
+                continue
+            name = pax.get("path") or long_name or _ustar_name(header)
+            if "size" in pax:
+                size = _pax_size(pax["size"])
+            self._left, self._pad = size, -size % BLOCK
+            member = Member(name, size, kind == DIR_TYPE, pax)
+            pax, long_name = {}, None
+            if kind not in FILE_TYPES and kind != DIR_TYPE:
+                raise InvalidInput(f"tar member {name[:200]!r} is not a regular file or folder")
+            yield member
+
+    def read_small(self) -> bytes:
+        """All of the current member's data (for members known to be small)."""
+        data = self._exact(self._left)
+        self._left = 0
+        return data
+
+    def chunks(self) -> Iterator[bytes]:
+        """The current member's data, CHUNK bytes at a time."""
+        while self._left:
+            data = self._some(min(self._left, CHUNK))
+            self._left -= len(data)
+            yield data
+
+    # -- bytes -----------------------------------------------------------------
+    def _meta(self, size: int) -> bytes:
+        if size > MAX_META:
+            raise InvalidInput(f"a tar extended header of {size} bytes is too large")
+        data = self._exact(size)
+        self._skip(-size % BLOCK)
+        return data
+
+    def _some(self, n: int) -> bytes:
+        """Up to n bytes (at least one), from the buffer first; small asks refill the buffer."""
+        if self._pos >= len(self._buf):
+            if n >= READ:  # a large member's chunk: straight from the stream, no copy
+                data = self._raw.read(n)
+                if not data:
+                    raise InvalidInput("the tar stream ends in the middle of a member")
+                return data
+            self._buf, self._pos = self._raw.read(READ), 0
+            if not self._buf:
+                raise InvalidInput("the tar stream ends in the middle of a member")
+        data = self._buf[self._pos:self._pos + n]
+        self._pos += len(data)
+        return data
+
+    def _exact(self, n: int, eof_ok: bool = False) -> bytes | None:
+        end = self._pos + n
+        if end <= len(self._buf):
+            data = self._buf[self._pos:end]
+            self._pos = end
+            return data
+        parts, have = [self._buf[self._pos:]], len(self._buf) - self._pos
+        self._buf, self._pos = b"", 0
+        while have < n:
+            data = self._raw.read(max(READ, n - have))
+            if not data:
+                if eof_ok and have == 0:
+                    return None
+                raise InvalidInput("the tar stream ends in the middle of a member")
+            take = min(len(data), n - have)
+            parts.append(data[:take] if take < len(data) else data)
+            have += take
+            if take < len(data):
+                self._buf = data
+                self._pos = take
+        return b"".join(parts)
+
+    def _skip(self, n: int) -> None:
+        while n:
+            n -= len(self._some(min(n, CHUNK)))
+
+
+def _check_sum(header: bytes) -> None:
+    try:
+        recorded = int(header[148:156].replace(b"\0", b" ").strip() or b"-1", 8)
+    except ValueError:
+        recorded = -1
+    if recorded == sum(header) - sum(header[148:156]) + 8 * 32:
+        return
+    if recorded != sum(_SIGNED.unpack(header)) + 8 * 32:  # some old tars summed signed chars
+        raise InvalidInput("the body is not an uncompressed tar stream (bad header checksum)")
+
+
+def _number(field_: bytes) -> int:
+    if field_[0] & 0x80:  # GNU base-256, for sizes past 8 GiB
+        if field_[0] != 0x80:
+            raise InvalidInput("negative size in a tar header")
+        return int.from_bytes(field_[1:], "big")
+    try:
+        return int(field_.replace(b"\0", b" ").strip() or b"0", 8)
+    except ValueError as exc:
+        raise InvalidInput("the body is not an uncompressed tar stream (bad number field)") from exc
+
+
+def _ustar_name(header: bytes) -> str:
+    name = header[0:100].split(b"\0", 1)[0]
+    if header[257:263] == b"ustar\0":  # POSIX: a prefix may hold the leading folders
+        prefix = header[345:500].split(b"\0", 1)[0]
+        if prefix:
+            name = prefix + b"/" + name
+    return _text(name)
+
+
+def _text(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput("a tar member name is not UTF-8") from exc
+
+
+def _pax_records(data: bytes) -> dict[str, str]:
+    """'<length> <key>=<value>\\n' records (POSIX pax), UTF-8."""
+    records, pos = {}, 0
+    while pos < len(data):
+        space = data.find(b" ", pos)
+        try:
+            length = int(data[pos:space])
+        except ValueError as exc:
+            raise InvalidInput("malformed pax header in the tar stream") from exc
+        record = data[space + 1:pos + length]
+        if space < 0 or length <= 0 or pos + length > len(data) or not record.endswith(b"\n") \
+                or b"=" not in record:
+            raise InvalidInput("malformed pax header in the tar stream")
+        key, value = record[:-1].split(b"=", 1)
+        records[_text(key)] = _text(value)
+        pos += length
+    return records
+
+
+def _pax_size(value: str) -> int:
+    if not value.isdigit():
+        raise InvalidInput(f"malformed pax size {value[:40]!r} in the tar stream")
+    return int(value)
+
+
+def tar_of(members: list[tuple[str, bytes]]) -> bytes:
+    """An uncompressed tar of (name, bytes) regular files, any UTF-8 name."""
+    parts: list[bytes] = []
+    for name, data in members:
+        raw = name.encode("utf-8")
+        if len(raw) > 100 or not raw.isascii():
+            record = b" path=" + raw + b"\n"
+            digits = len(str(len(record)))
+            length = len(record) + digits
+            if len(str(length)) != digits:
+                length += 1
+            pax = str(length).encode() + record
+            parts += [_header(b"././@PaxHeader", len(pax), b"x"), pax, bytes(-len(pax) % BLOCK)]
+            raw = raw[:100]
+        parts += [_header(raw, len(data), b"0"), data, bytes(-len(data) % BLOCK)]
+    parts.append(bytes(2 * BLOCK))
+    return b"".join(parts)
+
+
+def _header(name: bytes, size: int, kind: bytes) -> bytes:
+    header = bytearray(BLOCK)
+    header[0:len(name)] = name
+    header[100:108] = b"0000644\0"
+    header[108:116] = header[116:124] = b"0000000\0"
+    header[124:136] = b"%011o\0" % size
+    header[136:148] = b"00000000000\0"
+    header[148:156] = b" " * 8
+    header[156:157] = kind
+    header[257:265] = b"ustar\x0000"
+    header[148:156] = b"%06o\0 " % sum(header)
+    return bytes(header)
+

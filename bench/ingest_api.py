@@ -27,7 +27,15 @@ from urllib.parse import quote
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import BLOCK, connection, drop_dirty_pages, files_of, generate_run, lower_bound, start_server  # noqa: E402
+from bench.common import (  # noqa: E402
+    BLOCK,
+    connection,
+    drop_dirty_pages,
+    files_of,
+    generate_run,
+    lower_bound,
+    start_server,
+)
 
 OUT = Path(__file__).resolve().parent / "out"
 BATCH_BYTES = 8 << 20
@@ -88,7 +96,8 @@ def warm_up(url: str, root: Path) -> None:
     for _ in range(4):
         pkg = request_json(conn, "POST", "/v1/packages", json.dumps({"producer": "warm-up"}),
                            {"Content-Type": "application/json"})["id"]
-        request_json(conn, "POST", f"/v1/packages/{pkg}/tar", tar_of(root, sample), {"Content-Type": "application/x-tar"})
+        request_json(conn, "POST", f"/v1/packages/{pkg}/tar", tar_of(root, sample),
+                     {"Content-Type": "application/x-tar"})
         request_json(conn, "PUT", f"/v1/packages/{pkg}/files/warm.bin", b"w" * (2 << 20), {})
         request_json(conn, "POST", f"/v1/packages/{pkg}/finalize")
 

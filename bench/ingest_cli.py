@@ -131,13 +131,14 @@ def main() -> None:
         rows["lb_in_process"].append(lower_bound(run_a, OUT / "lb-copy"))
         rows["lb"].append(lower_bound_command(run_a, OUT / "lb-copy"))
         shutil.rmtree(OUT / "lb-copy")
+        drop_dirty_pages()
         server = start_server(OUT / "data-cli")
         try:
             warm_up(server.url)
             cache = OUT / "cache"
             shutil.rmtree(cache, ignore_errors=True)
-            drop_dirty_pages()
             for key, run in (("first", run_a), ("again", run_a), ("shared", run_b)):
+                drop_dirty_pages()
                 r = cli_ingest(run, server.url, cache)
                 rows[key].append(r["seconds"])
                 rss.append(r["rss_mib"])

@@ -4,8 +4,8 @@ Each round it creates a package of the short-lived class, asks which of its
 digests the store lacks, attaches the others by reference (re-uploading any
 that gc removed in between: the attach answer names them), uploads the rest
 (several as one tar batch, so as one pack; one alone with its SHA-256),
-finalizes, keeps the newest ``keep`` packages and deletes the older ones - so shared blobs keep losing their last reference and coming
-back, which is exactly when gc and writers race.
+finalizes, keeps the newest ``keep`` packages and deletes the older ones - so
+shared blobs keep losing their last reference and coming back, which is exactly when gc and writers race.
 """
 
 from __future__ import annotations

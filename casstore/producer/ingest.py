@@ -44,7 +44,7 @@ TAR_BATCH_FILES = 1000
 MISSING_BATCH = 5000
 ATTACH_BATCH = 1000
 READ_BLOCK = 1 << 20
-KEEP_BYTES = 32 << 20  # small files' bytes kept from hashing to uploading (read once, not twice)
+KEEP_BYTES = 16 << 20  # small files' bytes kept from hashing to uploading (read once, not twice)
 
 
 class IngestConflict(Exception):

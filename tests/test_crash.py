@@ -16,6 +16,7 @@ from sqlalchemy import text
 from casstore import layout
 from casstore.config import Settings
 from casstore.store import Store
+from casstore.tarstream import tar_of
 from tests.serverproc import ServerProcess
 
 
@@ -35,11 +36,26 @@ def body_digest(seed: bytes, chunks: int) -> str:
     return digest.hexdigest()
 
 
-def put_streaming(url: str, body) -> None:
+def put_streaming(url: str, body, method: str = "PUT") -> None:
     try:
-        requests.put(url, data=body, timeout=60)
+        requests.request(method, url, data=body, timeout=60)
     except requests.RequestException:
         pass  # the server died under us: expected
+
+
+def small_files(tag: str, n: int = 120) -> dict[str, bytes]:
+    return {f"logs/{tag}/{i:03d}.log": hashlib.sha256(f"{tag}{i}".encode()).digest() * (i % 50 + 1)
+            for i in range(n)}
+
+
+def slow_tar(files: dict[str, bytes], started: threading.Event):
+    """A tar batch streamed slowly: the kill lands before its pack can be written."""
+    body = tar_of(sorted(files.items()))
+    for i in range(0, len(body), 16 << 10):
+        if i == 32 << 10:
+            started.set()
+        yield body[i:i + (16 << 10)]
+        time.sleep(0.05)
 
 
 @pytest.mark.slow
@@ -55,8 +71,10 @@ def test_kill_during_uploads_then_restart_and_verify(tmp_path, database_url):
             files["shared.bin"] = b"shared between finished and interrupted packages" * 100
             for path, data in files.items():
                 assert http.put(f"{server.url}/v1/packages/{pkg}/files/{path}", data=data).status_code == 201
+            batch = small_files(f"done-{i}")  # stored as one pack
+            assert http.post(f"{server.url}/v1/packages/{pkg}/tar", data=tar_of(sorted(batch.items()))).ok
             assert http.post(f"{server.url}/v1/packages/{pkg}/finalize").status_code == 200
-            finished[pkg] = files
+            finished[pkg] = {**files, **batch}
 
         pending = http.post(f"{server.url}/v1/packages", json={"producer": "crash", "run_id": "pending"}).json()["id"]
         http.put(f"{server.url}/v1/packages/{pending}/files/shared.bin",
@@ -70,6 +88,11 @@ def test_kill_during_uploads_then_restart_and_verify(tmp_path, database_url):
                 f"{server.url}/v1/packages/{pending}/files/big{k}.bin", slow_body(seed, 40, started)))
             t.start()
             threads.append(t)
+        started = threading.Event()
+        events.append(started)
+        threads.append(threading.Thread(target=put_streaming, args=(
+            f"{server.url}/v1/packages/{pending}/tar", slow_tar(small_files("pending"), started), "POST")))
+        threads[-1].start()
         for started in events:
             assert started.wait(20)
         server.kill()
@@ -79,12 +102,14 @@ def test_kill_during_uploads_then_restart_and_verify(tmp_path, database_url):
         # After the crash, before any restart: the store's invariants hold as they are on disk.
         store = Store(Settings.from_env(env))
         report = store.verify.run(deep=True)
-        assert [f for f in report.findings if f.kind != "staging-active"] == []
+        assert [f for f in report.findings if not f.kind.endswith("-active")] == []
         with store.db.engine.connect() as conn:
             rows = {r[0] for r in conn.execute(text("SELECT sha256 FROM blob"))}
         for digest in in_flight:  # interrupted mid-stream: no row, nothing at the final key
             assert digest not in rows
             assert store.storage.head(layout.blob_key(digest)) is None
+        with store.db.engine.connect() as conn:  # the interrupted batch: not one of its files
+            assert conn.execute(text("SELECT COUNT(*) FROM file_entry WHERE path LIKE 'logs/pending/%'")).scalar() == 0
 
         server.start()
         for pkg, files in finished.items():
@@ -100,7 +125,11 @@ def test_kill_during_uploads_then_restart_and_verify(tmp_path, database_url):
         for k in range(4):
             body = b"".join(slow_body(f"in-flight-{k}".encode(), 40, threading.Event()))
             assert http.put(f"{server.url}/v1/packages/{pending}/files/big{k}.bin", data=body).status_code == 201
-        assert http.post(f"{server.url}/v1/packages/{pending}/finalize").json()["file_count"] == 5
+        batch = small_files("pending")
+        assert http.post(f"{server.url}/v1/packages/{pending}/tar", data=tar_of(sorted(batch.items()))).ok
+        assert http.post(f"{server.url}/v1/packages/{pending}/finalize").json()["file_count"] == 5 + len(batch)
+        for path, data in batch.items():
+            assert http.get(f"{server.url}/v1/packages/{pending}/files/{path}").content == data
         removed = store.verify.repair_staging(timedelta(0))
         final = store.verify.run(deep=True)
         assert final.findings == [] and final.complete, final.findings

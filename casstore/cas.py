@@ -20,6 +20,9 @@ Writing a blob always goes the same way (as distribution's blob writer):
                 The row, and its storage_location, are recorded last.
 5. ``discard``: delete the staging object, on success and on failure alike.
 
+Taking bytes out (gc's collect, the orphan sweep, undoing a failed upload)
+is collect.py, under the same row locks.
+
 Why the check under the lock: gc deletes an object only while holding the
 same row lock with the row in state 'deleting' and refcount 0. So whoever
 commits a 'present' row after looking at the object under that lock knows
@@ -31,13 +34,12 @@ packs only once older than its grace period (an hour), so the two never meet.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import bindparam, select, update
 from sqlmodel import Session
 
 from . import layout, packs
@@ -45,10 +47,7 @@ from .db import Database
 from .digests import Digests, Hasher, digest_bytes
 from .errors import DigestMismatch, ObjectMissing, StorageError
 from .models import Blob, StorageLocation, utcnow
-from .services import audit
 from .storage import Storage
-
-log = logging.getLogger(__name__)
 
 SMALL_BLOB = 1 << 20
 CHUNK = 1 << 20
@@ -67,7 +66,7 @@ class BlobRow:
     inserted: bool = False  # this transaction made the row (with the references it was given)
 
 
-def _insert_for(session: Session):
+def insert_for(session: Session):
     """The dialect's INSERT, which knows ON CONFLICT DO NOTHING."""
     if session.get_bind().dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
@@ -311,7 +310,7 @@ class BlobStore:
         """Insert rows for blobs the registry has never seen; returns the digests inserted."""
         if not staged:
             return set()
-        insert = _insert_for(session)
+        insert = insert_for(session)
         now = utcnow()
         conn = session.connection()
         inserted = conn.execute(
@@ -327,7 +326,7 @@ class BlobStore:
         if not staged:
             return
         table = StorageLocation.__table__
-        stmt = _insert_for(session)(table)
+        stmt = insert_for(session)(table)
         stmt = stmt.on_conflict_do_update(index_elements=[table.c.blob_sha256], set_={
             "backend": stmt.excluded.backend, "object_key": stmt.excluded.object_key,
             "offset": stmt.excluded.offset, "length": stmt.excluded.length})
@@ -341,11 +340,6 @@ class BlobStore:
         row = session.connection().execute(select(table.c.object_key, table.c.offset, table.c.length)
                                            .where(table.c.blob_sha256 == sha256)).first()
         return Location(*row) if row else None
-
-    def _pack_referenced(self, session: Session, key: str) -> bool:
-        table = StorageLocation.__table__
-        return session.connection().execute(
-            select(table.c.blob_sha256).where(table.c.object_key == key).limit(1)).first() is not None
 
     def lock_rows(self, session: Session, digests: list[str]) -> dict[str, BlobRow]:
         """Lock blob rows in digest order (a fixed order: no deadlocks between batches)."""
@@ -365,102 +359,6 @@ class BlobStore:
             stmt = (update(Blob.__table__).where(Blob.__table__.c.sha256 == bindparam("d"))
                     .values(refcount=Blob.__table__.c.refcount + bindparam("n")))
             session.connection().execute(stmt, params)
-
-    # collecting (gc, and undoing a placement whose commit failed) ---------------
-    def collect(self, sha256: str, actor: str, *, audited: bool = True) -> int | None:
-        """Remove a blob's object if no live reference holds it; returns the bytes freed, or None.
-
-        Two transactions, so that a crash between them is safe:
-        A) under the row lock, mark the row 'deleting' (inserting one for an
-           object no row knows); from then on attach refuses the blob and an
-           upload of the same bytes takes the row back;
-        B) under the row lock again, if it is still 'deleting' with no
-           references, delete the object, then the row. A crash after the
-           object is gone leaves a 'deleting' row, which the next collect or
-           upload settles.
-        A blob in a pack gives up its slice; the pack itself is deleted with
-        the last blob it holds (its bytes, so the size returned, come back then).
-        """
-        table = Blob.__table__
-        with self.db.write() as session:
-            row = self.lock_rows(session, [sha256]).get(sha256)
-            if row is None:  # an object no row knows: claim it with a 'deleting' row of our own
-                info = self.storage.head(layout.blob_key(sha256))
-                if info is None:
-                    return None
-                session.connection().execute(_insert_for(session)(table).on_conflict_do_nothing().values(
-                    sha256=sha256, size=info.size, blake3="", refcount=0, state="deleting", created_at=utcnow()))
-                row = self.lock_rows(session, [sha256]).get(sha256)  # ours, or a writer's that won the race
-            if row is None or row.refcount > 0:
-                return None
-            if row.state != "deleting":
-                session.connection().execute(update(table).where(table.c.sha256 == sha256).values(state="deleting"))
-        with self.db.write() as session:
-            row = self.lock_rows(session, [sha256]).get(sha256)
-            if row is None or row.state != "deleting" or row.refcount != 0:
-                return None
-            size = row.size
-            where = self.locate(session, sha256)
-            session.connection().execute(delete(StorageLocation.__table__)
-                                         .where(StorageLocation.__table__.c.blob_sha256 == sha256))
-            self.storage.delete(layout.blob_key(sha256))  # its own object (or a stray copy of it)
-            if where is not None and layout.is_pack_key(where.object_key) \
-                    and not self._pack_referenced(session, where.object_key):
-                self.storage.delete(where.object_key)
-            session.connection().execute(delete(table).where(table.c.sha256 == sha256))
-            if audited:
-                audit.record(session, actor, "blob.collected", subject=f"sha256:{sha256}", size=size)
-            return size
-
-    def undo_place(self, placement: Placement, actor: str) -> None:
-        """After a failed commit, take back what this upload put on the backend (best effort)."""
-        try:
-            # never committed, so nothing to audit: the store is as before the request
-            for staged in placement.loose:
-                self.collect(staged.sha256, actor, audited=False)
-            for key in placement.packs:
-                with self.db.read() as session:
-                    if not self._pack_referenced(session, key):
-                        self.storage.delete(key)
-        except Exception:  # the original error matters more; gc will find the orphans
-            log.warning("could not take back the objects of a failed upload", exc_info=True)
-
-    def remove_orphan(self, key: str, actor: str) -> int | None:
-        """Remove an object no location names (gc's sweep); returns its size, or None if kept.
-
-        A pack goes only when no location names it and it is older than
-        PACK_TRUST (an upload may still be about to record it). A blob's own
-        key goes through collect when no row knows the digest, or is dropped
-        as a stray copy when the row is 'present' and located elsewhere.
-        """
-        made = layout.pack_key_time(key)
-        if made is not None:
-            if utcnow() - made < PACK_TRUST:
-                return None
-            with self.db.write() as session:
-                info = self.storage.head(key)
-                if info is None or self._pack_referenced(session, key):
-                    return None
-                self.storage.delete(key)
-                audit.record(session, actor, "pack.collected", subject=key, size=info.size)
-                return info.size
-        digest = layout.digest_from_blob_key(key)
-        if digest is None:
-            return None
-        with self.db.write() as session:
-            row = self.lock_rows(session, [digest]).get(digest)
-            if row is not None:
-                where = self.locate(session, digest)
-                if row.state != "present" or where is None or where.object_key == key:
-                    return None  # the row's own copy: only collect() removes that
-                info = self.storage.head(key)
-                if info is None:
-                    return None
-                self.storage.delete(key)
-                audit.record(session, actor, "blob.stray_copy_removed", subject=f"sha256:{digest}",
-                             size=info.size, kept=where.object_key)
-                return info.size
-        return self.collect(digest, actor)
 
     # 5: discard ------------------------------------------------------------------
     def discard(self, staged: StagedBlob) -> None:

@@ -13,7 +13,7 @@ The layout of a pack, so that it can be read without the database::
     index JSON = {"format": "artifact-store.pack/v1",
                   "blobs": [[sha256 hex, offset, length], ...]}
 
-Rules the gc relies on (see cas.BlobStore.collect): a pack's key is a fresh
+Rules the gc relies on (see collect.BlobCollector.collect): a pack's key is a fresh
 ULID, never reused, and the only transaction that records locations in a
 pack is the one of the upload that wrote it. After that, the set of blobs a
 pack holds only shrinks; when no location names it any more, it is deleted.

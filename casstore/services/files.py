@@ -21,6 +21,7 @@ from sqlalchemy import bindparam, select, update
 from sqlmodel import Session
 
 from ..cas import SMALL_BLOB, BlobStore, Location, Placement, StagedBlob
+from ..collect import BlobCollector
 from ..db import Database
 from ..digests import HashingReader, parse_sha256
 from ..errors import (
@@ -91,6 +92,7 @@ class FileService:
     def __init__(self, db: Database, blobs: BlobStore) -> None:
         self.db = db
         self.blobs = blobs
+        self.collector = BlobCollector(blobs)
 
     # ------------------------------------------------------------------ upload
     def check_writable(self, package_id: str, paths: list[str], replace: bool) -> None:
@@ -183,7 +185,7 @@ class FileService:
             placement = self.blobs.place_all(staged)
             return self._commit(package_id, entries, staged, replace, actor, action)
         except BaseException:
-            self.blobs.undo_place(placement, actor)
+            self.collector.undo_place(placement, actor)
             raise
         finally:
             for blob in staged:

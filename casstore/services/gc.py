@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from .. import layout
 from ..cas import BlobStore
+from ..collect import BlobCollector
 from ..db import Database
 from ..models import Blob, StorageLocation, utcnow
 from ..storage import Storage
@@ -40,6 +41,7 @@ class GcService:
         self.db = db
         self.storage = storage
         self.blobs = blobs
+        self.collector = BlobCollector(blobs)
 
     def run(self, *, actor: str, orphan_grace: timedelta = ORPHAN_GRACE, limit: int | None = None) -> GcReport:
         report = GcReport()
@@ -48,7 +50,7 @@ class GcService:
                 stmt = select(Blob.sha256).where(Blob.refcount == 0).order_by(Blob.sha256)
                 candidates = list(session.scalars(stmt.limit(limit) if limit else stmt))
             for i, sha in enumerate(candidates):
-                freed = self.blobs.collect(sha, actor)
+                freed = self.collector.collect(sha, actor)
                 if freed is None:
                     report.skipped += 1
                 else:
@@ -68,7 +70,7 @@ class GcService:
             for info in list(self.storage.list(prefix)):
                 if info.key in named or info.last_modified > cutoff:
                     continue
-                freed = self.blobs.remove_orphan(info.key, actor)
+                freed = self.collector.remove_orphan(info.key, actor)
                 if freed is not None:
                     report.orphans_removed += 1
                     report.orphan_bytes_freed += freed

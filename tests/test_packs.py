@@ -128,6 +128,22 @@ def test_corrupt_or_lost_pack_is_found_and_the_next_upload_repairs(server, store
         == {sha(d) for p, d in files.items() if p != "f3"}
 
 
+def test_deep_verify_checks_each_pack_index_against_the_database(server, store):
+    pkg = server.create()["id"]
+    assert upload_tar(server, pkg, {f"f{i}": os.urandom(300) for i in range(5)}).status_code == 201
+    [key] = pack_keys(store)
+    assert store.verify.run(deep=True).ok
+    path = os.path.join(store.storage.root, key)
+    with open(path, "rb") as f:
+        body = f.read()
+    first = packs.read_index(store.storage, key)[0]
+    assert first.offset == 0  # so "0" becomes "1": the index keeps its length
+    with open(path, "wb") as f:  # the index now puts the first blob one byte further
+        f.write(body.replace(f'"{first.sha256}",0,'.encode(), f'"{first.sha256}",1,'.encode()))
+    report = store.verify.run(deep=True)
+    assert [(f.kind, f.subject) for f in report.findings] == [("pack-index", key)]
+
+
 def test_unreferenced_packs_are_swept_only_when_old(server, store):
     young = layout.new_pack_key()
     old = f"{layout.PACK_PREFIX}{ULID.from_timestamp(1_000_000_000)}"  # made in 2001

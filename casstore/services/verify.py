@@ -16,7 +16,9 @@ Checks (each failure is one Finding):
 * incomplete-upload: an S3 multipart upload (or a local temporary file) that
   never completed, older than an hour (``repair_staging`` aborts it);
   younger ones are upload-active;
-* corrupt (deep only): a blob's bytes no longer hash to its SHA-256.
+* corrupt (deep only): a blob's bytes no longer hash to its SHA-256;
+* pack-index (deep only): a pack's own index (packs.py) does not list a blob where the
+  database says it is - the index is how a pack is read without the database.
 
 The deep scrub re-hashes blobs oldest-verified first and records each blob's
 ``verified_at``; with a time budget it stops in time, and the next run goes on
@@ -33,7 +35,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, update
 
-from .. import layout
+from .. import layout, packs
 from ..cas import PACK_TRUST, BlobStore, Location
 from ..db import Database
 from ..errors import StorageError
@@ -96,8 +98,27 @@ class VerifyService:
         self._check_manifests(report)
         self._check_unknown_objects(rows, report)
         if deep:
+            self._check_pack_indexes(rows, report)
             self._scrub(report, max_duration)
         return report
+
+    def _check_pack_indexes(self, rows: dict[str, BlobAt], report: Report) -> None:
+        located: dict[str, list[BlobAt]] = {}
+        for row in rows.values():
+            if row.key is not None and layout.is_pack_key(row.key) and row.state != "deleting":
+                located.setdefault(row.key, []).append(row)
+        for key, blobs in located.items():
+            if self.storage.head(key) is None:
+                continue  # already reported blob by blob as blob-missing
+            try:
+                index = {(b.sha256, b.offset, b.length) for b in packs.read_index(self.storage, key)}
+            except (StorageError, ValueError) as exc:
+                report.findings.append(Finding("pack-index", key, f"unreadable index: {exc}"[:300]))
+                continue
+            wrong = [b.sha256 for b in blobs if (b.sha256, b.offset, b.length) not in index]
+            if wrong:
+                report.findings.append(Finding("pack-index", key, f"{len(wrong)} blob(s) not in its index, "
+                                                                  f"first sha256:{wrong[0]}"))
 
     def _blob_rows(self) -> dict[str, BlobAt]:
         with self.db.read() as session:

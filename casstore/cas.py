@@ -28,8 +28,9 @@ same row lock with the row in state 'deleting' and refcount 0. So whoever
 commits a 'present' row after looking at the object under that lock knows
 the object is there, whatever ran concurrently (the GitLab registry's
 online-gc design; see design/LESSONS.md). A pack is trusted by a claim only
-while it is younger than PACK_TRUST; the orphan sweep removes unreferenced
-packs only once older than its grace period (an hour), so the two never meet.
+while it is younger than PACK_TRUST (20 min); the orphan sweep removes an
+unreferenced pack only once older than PACK_SWEEP_AGE (40 min) and its grace
+period: a claim's transaction would have to last 20 minutes for the two to meet.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ from .storage import Storage
 SMALL_BLOB = 1 << 20
 CHUNK = 1 << 20
 MAX_CLAIM_ROUNDS = 10
-PACK_TRUST = timedelta(minutes=20)
+PACK_TRUST = timedelta(minutes=20)  # a claim records locations only in packs younger than this
+PACK_SWEEP_AGE = 2 * PACK_TRUST  # the sweep removes unreferenced packs only when older than this
 
 
 @dataclass

@@ -3,7 +3,7 @@
 The other half of cas.py, and bound by the same rule: an object is only ever
 deleted by someone holding its blob row's lock with the row in 'deleting'
 (or, for a pack, when no location names it any more and it is older than
-cas.PACK_TRUST). So whoever commits a 'present' row after checking its
+cas.PACK_SWEEP_AGE). So whoever commits a 'present' row after checking its
 object under that lock can trust it (docs/design.md walks through the races).
 """
 
@@ -15,7 +15,7 @@ from sqlalchemy import delete, select, update
 from sqlmodel import Session
 
 from . import layout
-from .cas import PACK_TRUST, BlobStore, Placement, insert_for
+from .cas import PACK_SWEEP_AGE, BlobStore, Placement, insert_for
 from .models import Blob, StorageLocation, utcnow
 from .services import audit
 
@@ -98,13 +98,13 @@ class BlobCollector:
         """Remove an object no location names (gc's sweep); returns its size, or None if kept.
 
         A pack goes only when no location names it and it is older than
-        PACK_TRUST (an upload may still be about to record it). A blob's own
+        PACK_SWEEP_AGE (an upload may still be about to record it). A blob's own
         key goes through collect when no row knows the digest, or is dropped
         as a stray copy when the row is 'present' and located elsewhere.
         """
         made = layout.pack_key_time(key)
         if made is not None:
-            if utcnow() - made < PACK_TRUST:
+            if utcnow() - made < PACK_SWEEP_AGE:
                 return None
             with self.db.write() as session:
                 info = self.storage.head(key)

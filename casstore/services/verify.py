@@ -8,7 +8,7 @@ Checks (each failure is one Finding):
 * refcount: a blob's reference count differs from its live file entries + manifests;
 * manifest: a finalized package whose manifest blob is absent or hashes to something else;
 * orphan-object: an object under blobs/ or packs/ that no location names (reported; gc
-  removes it after its grace period); a pack younger than cas.PACK_TRUST is listed as
+  removes it after its grace period); a pack younger than cas.PACK_SWEEP_AGE is listed as
   pack-active instead: an upload may be about to record it;
 * staging-object: a staging object older than an hour: an upload that died
   (``repair_staging`` removes them); younger ones are listed as staging-active,
@@ -36,7 +36,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select, update
 
 from .. import layout, packs
-from ..cas import PACK_TRUST, BlobStore, Location
+from ..cas import PACK_SWEEP_AGE, BlobStore, Location
 from ..db import Database
 from ..errors import StorageError
 from ..models import Blob, FileEntry, Package, StorageLocation, utcnow
@@ -201,7 +201,7 @@ class VerifyService:
 
     def _check_unknown_objects(self, rows: dict[str, BlobAt], report: Report) -> None:
         named = {row.key for row in rows.values()}
-        recent = utcnow() - PACK_TRUST
+        recent = utcnow() - PACK_SWEEP_AGE
         for prefix in (layout.BLOB_PREFIX, layout.PACK_PREFIX):
             for info in self.storage.list(prefix):
                 if info.key not in named:

@@ -159,8 +159,7 @@ def main() -> None:
     total = sum(p.stat().st_size for p in files_of(root))
     bounds, ingests, rss = [], [], []
     for _ in range(args.rounds):
-        drop_dirty_pages()
-        bounds.append(lower_bound(root, OUT / "lower-bound-copy"))
+        bounds.append(lower_bound(root, OUT / "lower-bound-copy"))  # it waits for a quiet disk itself
         drop_dirty_pages()
         server = start_server(OUT / "data-api")
         try:

@@ -24,7 +24,7 @@ import fcntl
 import os
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
@@ -119,11 +119,7 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[Session]:
         """A transaction that commits on success and rolls back on any exception."""
-        if self._gate is None:
-            with self._transaction() as session:
-                yield session
-            return
-        with self._gate, self._transaction() as session:
+        with self._gate or nullcontext(), self._transaction() as session:
             yield session
 
     @contextmanager

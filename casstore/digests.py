@@ -127,4 +127,3 @@ class HashingReader:
         while self.read(block):
             pass
         return self._sha.hexdigest()
-

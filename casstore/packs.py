@@ -25,6 +25,7 @@ import json
 from dataclasses import dataclass
 
 from . import layout
+from .errors import ObjectMissing
 from .storage import Storage
 
 MAGIC = b"ASPACK01"
@@ -76,16 +77,21 @@ def write(storage: Storage, pack: Pack) -> None:
 
 
 def read_index(storage: Storage, key: str) -> list[PackedBlob]:
-    """The blobs a pack says it holds, from its own index (for recovery and checks)."""
+    """The blobs a pack says it holds, from its own index (for recovery and checks).
+
+    ObjectMissing if there is no such object; ValueError if it does not read as a pack.
+    """
     info = storage.head(key)
-    if info is None or info.size < FOOTER:
-        raise ValueError(f"{key} is not a pack")
-    footer = b"".join(storage.get(key, info.size - FOOTER, info.size))
-    if footer[:len(MAGIC)] != MAGIC:
+    if info is None:
+        raise ObjectMissing(f"object not found: {key}")
+    footer = b"".join(storage.get(key, max(info.size - FOOTER, 0), info.size))
+    if len(footer) != FOOTER or footer[:len(MAGIC)] != MAGIC:
         raise ValueError(f"{key} has no pack footer")
-    length = int.from_bytes(footer[len(MAGIC):], "big")
-    start = info.size - FOOTER - length
-    index = json.loads(b"".join(storage.get(key, start, info.size - FOOTER)))
-    if index.get("format") != FORMAT:
-        raise ValueError(f"{key}: unknown pack format {index.get('format')!r}")
-    return [PackedBlob(sha, offset, n) for sha, offset, n in index["blobs"]]
+    start = info.size - FOOTER - int.from_bytes(footer[len(MAGIC):], "big")
+    try:
+        index = json.loads(b"".join(storage.get(key, start, info.size - FOOTER))) if start >= 0 else {}
+        if index.get("format") != FORMAT:
+            raise ValueError(f"unknown pack format {index.get('format')!r}")
+        return [PackedBlob(sha, offset, n) for sha, offset, n in index["blobs"]]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{key}: unreadable pack index: {exc}") from exc

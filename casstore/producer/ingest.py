@@ -117,19 +117,19 @@ class Ingestor:
         digests = self.cache.lookup(files)
         todo = [f for f in files if f.path not in digests]
         with self.progress.bar("hashing", sum(f.size for f in todo)) as bar:
-            def some(group: list[LocalFile]) -> list[tuple[LocalFile, str]]:
+            def one(f: LocalFile) -> tuple[LocalFile, str]:
                 try:
-                    return [(f, sha256_file(f.abspath, bar.update)) for f in group]
+                    return f, sha256_file(f.abspath, bar.update)
                 except OSError as exc:
-                    raise RunDirError(f"cannot read a file: {exc.strerror or exc}: {exc.filename}") from exc
+                    raise RunDirError(f"cannot read {f.path}: {exc.strerror or exc}") from exc
 
             # Big files on the pool, one each; small ones here, meanwhile: hashlib keeps the GIL
             # for buffers under 2 KiB, so threads would only take turns on them.
             big = sorted((f for f in todo if f.size > SMALL_FILE), key=lambda f: -f.size)
             with ThreadPoolExecutor(self.jobs) as pool:
-                running = [pool.submit(some, [f]) for f in big]
+                running = [pool.submit(one, f) for f in big]
                 hashed = self._hash_small([f for f in todo if f.size <= SMALL_FILE], bar.update)
-                hashed += [pair for job in running for pair in job.result()]
+                hashed += [job.result() for job in running]
         self.cache.store(hashed)
         digests.update((f.path, d) for f, d in hashed)
         return digests
@@ -138,10 +138,7 @@ class Ingestor:
         """Hash small files in one read each, keeping their bytes (within KEEP_BYTES) for the upload."""
         hashed, kept = [], 0
         for f in files:
-            try:
-                data = _read_small(f)
-            except OSError as exc:
-                raise RunDirError(f"cannot read {f.path}: {exc.strerror or exc}") from exc
+            data = _read_small(f)
             if len(data) != f.size:  # it changed since the scan: hash it the streaming way
                 hashed.append((f, sha256_file(f.abspath, on_bytes)))
                 continue
@@ -326,23 +323,21 @@ def _tar_of(files: list[LocalFile], kept: dict[str, bytes]) -> bytes:
     members = []
     for f in files:
         data = kept.pop(f.path, None)
-        if data is None:
-            try:
-                data = _read_small(f)
-            except OSError as exc:
-                raise RunDirError(f"cannot read {f.path}: {exc.strerror or exc}") from exc
-        members.append((f.path, data))
+        members.append((f.path, _read_small(f) if data is None else data))
     return tar_of(members)
 
 
 def _read_small(f: LocalFile) -> bytes:
     """A small file's bytes in one read of its size + 1 (so growth shows), via os.read: a
     buffered read of up to SMALL_FILE would allocate 1 MiB per file, three times the work."""
-    fd = os.open(f.abspath, os.O_RDONLY)
     try:
-        return os.read(fd, f.size + 1)
-    finally:
-        os.close(fd)
+        fd = os.open(f.abspath, os.O_RDONLY)
+        try:
+            return os.read(fd, f.size + 1)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise RunDirError(f"cannot read {f.path}: {exc.strerror or exc}") from exc
 
 
 def _same_digests(added: list[dict], digests: dict[str, str]) -> None:

@@ -174,7 +174,8 @@ class FileService:
             new = [Entry(p, d, present[d].size, m) for p, d, m in wanted if d in present]
             missing = sorted({d for _, d, _ in wanted if d not in present})
             existing = {p: e for p, e in existing.items() if p in {n.path for n in new}}
-            added = self._apply(session, package, new, existing, actor, "package.files_attached") if new else []
+            added = self._apply(session, package, new, existing, _reference_changes(new, existing), actor,
+                                "package.files_attached") if new else []
         return added, missing
 
     def _place_and_commit(self, package_id: str, entries: list[Entry], staged: list[StagedBlob],
@@ -196,16 +197,17 @@ class FileService:
         with self.db.write() as session:
             package = load_open_package(session, self.db, package_id)
             existing = _existing_or_refuse(session, package.id, [e.path for e in entries], replace)
-            rows = self.blobs.claim(session, staged, also_lock={e.sha256 for e in existing.values()},
-                                    refs=_reference_changes(entries, existing))
-            return self._apply(session, package, entries, existing, actor, action,
-                               counted={d for d, row in rows.items() if row.inserted})
+            refs = _reference_changes(entries, existing)
+            rows = self.blobs.claim(session, staged, also_lock={e.sha256 for e in existing.values()}, refs=refs)
+            for digest in (d for d, row in rows.items() if row.inserted):  # counted when the row was made
+                refs.pop(digest, None)
+            return self._apply(session, package, entries, existing, refs, actor, action)
 
     def _apply(self, session: Session, package: Package, entries: list[Entry],
-               existing: dict[str, Entry], actor: str, action: str, counted: set[str] = frozenset()) -> list[Entry]:
+               existing: dict[str, Entry], refs: dict[str, int], actor: str, action: str) -> list[Entry]:
         """Add or replace entries; every blob row involved must be locked, the new ones present.
 
-        ``counted``: blobs whose rows were inserted already holding these entries' references.
+        ``refs``: how each blob's reference count moves (less what claim already counted).
 
         Plain Core statements, executemany: a batch of 1,000 entries costs a
         few milliseconds, not a thousand ORM objects.
@@ -231,8 +233,7 @@ class FileService:
             conn.execute(update(table).where(table.c.package_id == package.id, table.c.path == bindparam("p"))
                          .values(blob_sha256=bindparam("d"), size=bindparam("n"), media_type=bindparam("m"),
                                  created_at=now), updates)
-        self.blobs.add_refs(session, {d: n for d, n in _reference_changes(entries, existing).items()
-                                      if d not in counted})
+        self.blobs.add_refs(session, refs)
         package.status = "uploading"
         session.add(package)
         audit.record(session, actor, action, package_id=package.id, count=len(entries),

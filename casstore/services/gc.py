@@ -1,7 +1,7 @@
 """Garbage collection: remove the bytes of blobs that no live reference holds.
 
 Never stop-the-world, never a read-only window: each blob is removed by the
-two-phase, row-locked collect of cas.py, so an upload or attach racing with
+two-phase, row-locked collect of collect.py, so an upload or attach racing with
 gc is settled in the database (the loser is told the blob is missing and
 uploads it again). Objects that no location names (an upload that died
 between placing its object or pack and committing) are removed once older

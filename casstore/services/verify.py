@@ -38,7 +38,7 @@ from sqlalchemy import func, select, update
 from .. import layout, packs
 from ..cas import PACK_SWEEP_AGE, BlobStore, Location
 from ..db import Database
-from ..errors import StorageError
+from ..errors import ObjectMissing, StorageError
 from ..models import Blob, FileEntry, Package, StorageLocation, utcnow
 from ..storage import Storage
 from . import audit
@@ -108,10 +108,10 @@ class VerifyService:
             if row.key is not None and layout.is_pack_key(row.key) and row.state != "deleting":
                 located.setdefault(row.key, []).append(row)
         for key, blobs in located.items():
-            if self.storage.head(key) is None:
-                continue  # already reported blob by blob as blob-missing
             try:
                 index = {(b.sha256, b.offset, b.length) for b in packs.read_index(self.storage, key)}
+            except ObjectMissing:
+                continue  # already reported blob by blob as blob-missing
             except (StorageError, ValueError) as exc:
                 report.findings.append(Finding("pack-index", key, f"unreadable index: {exc}"[:300]))
                 continue

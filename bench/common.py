@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.lower_bound import hash_and_copy  # noqa: E402
-from tests.serverproc import ServerProcess  # noqa: E402
+from tests.helpers import ServerProcess  # noqa: E402
 
 BIG = 1 << 30
 BLOCK = 1 << 20

@@ -62,7 +62,7 @@ def cli_ingest(run: Path, url: str, cache: Path) -> dict:
     """Time one `artifact-store ingest`; its peak RSS comes from wait4's rusage."""
     env = {**os.environ, "ARTIFACT_STORE_URL": url, "XDG_CACHE_HOME": str(cache)}
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "casstore.cli", "ingest", str(run), "--quiet"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "artifact_store.cli", "ingest", str(run), "--quiet"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
     out = proc.stdout.read()
     err = proc.stderr.read()

@@ -6,24 +6,17 @@ names a PostgreSQL server; then every test gets a database of its own on it.
 
 from __future__ import annotations
 
-import os
 import shutil
-import threading
 import uuid
 from pathlib import Path
 
 import pytest
-import requests
 from sqlalchemy import create_engine, text
-from werkzeug.serving import WSGIRequestHandler, make_server
 
-from api import create_app
 from casstore.config import Settings
 from casstore.db import Database
 from casstore.store import Store
-
-PG_URL = os.environ.get("ARTIFACT_STORE_TEST_DATABASE_URL", "")
-EXAMPLE_RUN = Path(__file__).resolve().parents[2] / "shared" / "guide-board" / "example-cmis-pilot-run"
+from tests.helpers import EXAMPLE_RUN, PG_URL, LiveServer
 
 
 def _pg_url(name: str) -> str:
@@ -84,60 +77,6 @@ def store(settings):
     s = Store(settings)
     yield s
     s.close()
-
-
-class RawPathHandler(WSGIRequestHandler):
-    """Werkzeug's dev server, but PATH_INFO carries the raw percent-decoded bytes as gunicorn's does.
-
-    The dev server decodes the path as UTF-8 with replacement characters before
-    the app sees it; gunicorn (what ``artifact-store serve`` runs) does not, and
-    the app relies on that to refuse paths that are not UTF-8.
-    """
-
-    def make_environ(self):
-        from urllib.parse import unquote_to_bytes, urlsplit
-
-        environ = super().make_environ()
-        environ["PATH_INFO"] = unquote_to_bytes(urlsplit(self.path).path).decode("latin-1")
-        return environ
-
-
-class LiveServer:
-    """The app under a real threaded HTTP server on loopback."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.app = create_app(store=store)
-        self.server = make_server("127.0.0.1", 0, self.app, threaded=True,
-                                  request_handler=RawPathHandler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
-        self.thread.start()
-        self.http = requests.Session()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.http.close()
-
-    # small conveniences for tests
-    def create(self, **body) -> dict:
-        body.setdefault("producer", "test")
-        response = self.http.post(f"{self.url}/v1/packages", json=body)
-        assert response.status_code == 201, response.text
-        return response.json()
-
-    def file_url(self, package_id: str, path: str) -> str:
-        from urllib.parse import quote
-
-        return f"{self.url}/v1/packages/{package_id}/files/{quote(path, safe='/')}"
-
-    def put(self, package_id: str, path: str, data: bytes, **kwargs) -> requests.Response:
-        return self.http.put(self.file_url(package_id, path), data=data, **kwargs)
-
-    def get(self, package_id: str, path: str, **kwargs) -> requests.Response:
-        return self.http.get(self.file_url(package_id, path), **kwargs)
 
 
 @pytest.fixture

@@ -14,17 +14,13 @@ import pytest
 from sqlalchemy import text
 
 from casstore import layout
-from tests.test_api_packages import assert_problem, counts
+from tests.helpers import assert_problem, counts, make_tar, sha
 
 HOSTILE = [
     "with space.txt", "100%.txt", "hash#tag", "question?.txt", "amp&ersand", "plus+sign", "it's", 'say "hi"',
     "semi;colon", "tilde~", "[brackets]", "-leading-dash", ".dotfile", "..hidden..", "ünïcødé/日本語.txt",
     "emoji/🎉🚀.log", "/".join(f"d{i}" for i in range(24)) + "/deep.txt", "a=b,c", "percent%2Fslash",
 ]
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def test_upload_and_download_round_trip(server):
@@ -259,17 +255,6 @@ def test_attach_rejects_bad_input_and_changes_nothing(server, store, body):
     before = counts(store)
     assert_problem(server.http.post(f"{server.url}/v1/packages/{pkg}/attach", json=body), 422)
     assert counts(store) == before
-
-
-def make_tar(files: dict[str, bytes], pax: dict[str, dict] | None = None) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        for path, data in files.items():
-            info = tarfile.TarInfo(path)
-            info.size = len(data)
-            info.pax_headers = (pax or {}).get(path, {})
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def test_tar_batch_upload(server, store):

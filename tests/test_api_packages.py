@@ -8,21 +8,7 @@ import json
 import pytest
 from sqlalchemy import text
 
-PROBLEM = "application/problem+json"
-
-
-def assert_problem(response, status):
-    assert response.status_code == status, response.text
-    assert response.headers["Content-Type"] == PROBLEM
-    body = response.json()
-    assert body["status"] == status and body["title"] and body["detail"]
-    return body
-
-
-def counts(store):
-    with store.db.engine.connect() as conn:
-        return {t: conn.execute(text(f"SELECT COUNT(*) FROM {t}")).scalar()
-                for t in ("package", "file_entry", "blob", "audit_event")}
+from tests.helpers import PROBLEM, assert_problem, counts
 
 
 def test_create_returns_201_with_the_package(server):

@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.serverproc import ServerProcess
+from tests.helpers import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(args: list[str], url: str, cache_home: Path, **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "ARTIFACT_STORE_URL": url, "XDG_CACHE_HOME": str(cache_home)}
-    return subprocess.run([sys.executable, "-m", "casstore.cli", "ingest", *args], env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "artifact_store.cli", "ingest", *args], env=env, capture_output=True,
                           text=True, cwd=ROOT, timeout=300, **kwargs)
 
 
@@ -145,7 +145,7 @@ def test_run_json_problems_exit_2_before_any_upload(server, tmp_path):
 def test_unreadable_file_exits_2_before_any_upload(server, tmp_path):
     run = write_run(tmp_path / "run", "unreadable", {"ok.txt": b"fine", "secret.txt": b"no access"})
     (run / "secret.txt").chmod(0)
-    command = [sys.executable, "-m", "casstore.cli", "ingest", str(run)]
+    command = [sys.executable, "-m", "artifact_store.cli", "ingest", str(run)]
     if os.geteuid() == 0:  # root reads every file: drop the capabilities that let it
         if shutil.which("setpriv") is None:
             pytest.skip("root without setpriv cannot make a file unreadable to itself")
@@ -232,7 +232,7 @@ def test_progress_bar_only_on_a_terminal(server, tmp_path):
 
     fcntl.ioctl(child_fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal has a size
     env = {**os.environ, "ARTIFACT_STORE_URL": server.url, "XDG_CACHE_HOME": str(tmp_path / "c2")}
-    proc = subprocess.run([sys.executable, "-m", "casstore.cli", "ingest", str(run2)], env=env, cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "artifact_store.cli", "ingest", str(run2)], env=env, cwd=ROOT,
                           stdout=subprocess.PIPE, stderr=child_fd, timeout=120)
     os.close(child_fd)
     seen = b""
@@ -258,7 +258,7 @@ def test_kill_cli_then_resume_finishes_the_same_package(tmp_path, database_url):
         files.update({f"captures/cap{i}.bin": os.urandom(24 << 20) for i in range(4)})
         run = write_run(tmp_path / "run", "resume-1", files)
         env = {**os.environ, "ARTIFACT_STORE_URL": server.url, "XDG_CACHE_HOME": str(tmp_path / "cache")}
-        proc = subprocess.Popen([sys.executable, "-m", "casstore.cli", "ingest", str(run), "--jobs", "2"],
+        proc = subprocess.Popen([sys.executable, "-m", "artifact_store.cli", "ingest", str(run), "--jobs", "2"],
                                 env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 60
         package = None

@@ -17,7 +17,7 @@ from casstore import layout
 from casstore.config import Settings
 from casstore.store import Store
 from casstore.tarstream import tar_of
-from tests.serverproc import ServerProcess
+from tests.helpers import ServerProcess
 
 
 def slow_body(seed: bytes, chunks: int, started: threading.Event):

@@ -8,7 +8,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from casstore import layout
-from casstore.digests import content_digest_header, digest_bytes, parse_content_digest, parse_sha256
+from casstore.digests import (
+    content_digest_header,
+    digest_bytes,
+    parse_content_digest,
+    parse_sha256,
+)
 from casstore.errors import InvalidDigest
 
 HELLO = hashlib.sha256(b"hello").hexdigest()

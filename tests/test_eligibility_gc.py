@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from datetime import timedelta
@@ -10,12 +9,7 @@ from datetime import timedelta
 from sqlalchemy import text
 
 from casstore import layout
-from tests.test_api_packages import assert_problem
-from tests.test_retention import cli
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+from tests.helpers import assert_problem, cli, sha
 
 
 def make(server, files: dict[str, bytes], retention_class="transient", finalize=True) -> str:

@@ -15,7 +15,7 @@ from datetime import timedelta
 
 import pytest
 
-from tests.workload import PackageChurn
+from tests.helpers import PackageChurn
 
 GC_ROUNDS = 500
 PACKAGES_PER_ROUND = 4

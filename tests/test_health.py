@@ -7,7 +7,7 @@ import shutil
 
 from casstore.config import Settings
 from casstore.store import Store
-from tests.conftest import LiveServer
+from tests.helpers import LiveServer
 
 
 def test_health_ok(server):

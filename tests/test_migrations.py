@@ -13,7 +13,7 @@ from casstore.db import Database
 @pytest.fixture
 def empty_database_url(tmp_path):
     """A database no migration has touched yet (SQLite; the PostgreSQL run uses its own fresh one)."""
-    from tests.conftest import PG_URL
+    from tests.helpers import PG_URL
 
     if PG_URL:
         import uuid

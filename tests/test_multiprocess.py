@@ -18,28 +18,19 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import PG_URL
-from tests.serverproc import ServerProcess
-from tests.storage_backends import S3_ENDPOINT, s3_url
-from tests.workload import PackageChurn
+from tests.helpers import (
+    PG_URL,
+    S3_ENDPOINT,
+    PackageChurn,
+    ServerProcess,
+    cli,
+    environment,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not (PG_URL and S3_ENDPOINT),
                                 reason="needs PostgreSQL and an S3-compatible server (.ci/run starts both)")
 SHARED = [os.urandom(random.Random(i).randint(100, 5000)) for i in range(12)] + [os.urandom(6 << 20)]
-
-
-def environment(database_url: str, tmp_path: Path) -> dict:
-    return {"ARTIFACT_STORE_DATA_DIR": str(tmp_path / "data"), "ARTIFACT_STORE_DATABASE_URL": database_url,
-            "ARTIFACT_STORE_STORAGE_URL": s3_url(), "ARTIFACT_STORE_S3_ENDPOINT": S3_ENDPOINT,
-            "ARTIFACT_STORE_S3_REGION": "us-east-1", "ARTIFACT_STORE_S3_ACCESS_KEY_ID": "testkey",
-            "ARTIFACT_STORE_S3_SECRET_ACCESS_KEY": "testsecret", "ARTIFACT_STORE_S3_ALLOW_HTTP": "true",
-            "ARTIFACT_STORE_S3_PART_SIZE_MIB": "5"}
-
-
-def cli(env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "casstore.cli", *args], env={**os.environ, **env},
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)
 
 
 @pytest.mark.slow

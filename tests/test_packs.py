@@ -11,13 +11,7 @@ from sqlalchemy import text
 from ulid import ULID
 
 from casstore import layout, packs
-from tests.test_api_files import make_tar
-from tests.test_api_packages import assert_problem
-from tests.test_retention import cli
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+from tests.helpers import assert_problem, cli, make_tar, sha
 
 
 def pack_keys(store) -> list[str]:

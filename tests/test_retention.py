@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -11,20 +9,13 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from tests.test_api_packages import assert_problem
+from tests.helpers import assert_problem, cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def parse(ts: str) -> datetime:
     return datetime.fromisoformat(ts.replace("Z", "+00:00"))
-
-
-def cli(settings, *args: str) -> subprocess.CompletedProcess:
-    env = {"ARTIFACT_STORE_DATA_DIR": settings.data_dir, "ARTIFACT_STORE_DATABASE_URL": settings.database_url,
-           "PATH": "/usr/bin:/bin"}
-    return subprocess.run([sys.executable, "-m", "casstore.cli", *args], env=env, capture_output=True, text=True,
-                          cwd=ROOT, timeout=120)
 
 
 def retention(server, pkg):

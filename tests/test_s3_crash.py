@@ -11,9 +11,7 @@ import requests
 
 from casstore.config import Settings
 from casstore.store import Store
-from tests.serverproc import ServerProcess
-from tests.storage_backends import S3_ENDPOINT
-from tests.test_multiprocess import environment
+from tests.helpers import S3_ENDPOINT, ServerProcess, environment
 
 pytestmark = pytest.mark.skipif(not S3_ENDPOINT, reason="needs an S3-compatible server (.ci/run starts SeaweedFS)")
 

@@ -10,7 +10,7 @@ import os
 import pytest
 
 from casstore.errors import ObjectMissing
-from tests.storage_backends import BACKENDS, make_storage, remaining_keys
+from tests.helpers import BACKENDS, make_storage, remaining_keys
 
 
 @pytest.fixture(params=BACKENDS)
@@ -136,7 +136,7 @@ def test_part_size_fits_s3_limits(size):
 
 
 def test_writes_that_never_completed_are_found_and_removed(storage, tmp_path):
-    from tests.storage_backends import leave_stray_write
+    from tests.helpers import leave_stray_write
 
     assert storage.stray_writes() == []
     if not leave_stray_write(storage, "staging/01JDEADBEEF0000000000000000"):

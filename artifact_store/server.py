@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from gunicorn.app.base import BaseApplication
 
-from .config import Settings
+from casstore.config import Settings
 
 
 class _Server(BaseApplication):

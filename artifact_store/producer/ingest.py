@@ -32,7 +32,8 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from ..tarstream import tar_of
+from casstore.tarstream import tar_of
+
 from .client import StoreClient
 from .hashcache import HashCache
 from .rundir import LocalFile, RunDir, RunDirError

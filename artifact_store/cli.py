@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .config import Settings
+from casstore.config import Settings
 
 
 @click.group()
@@ -82,7 +82,7 @@ def db_upgrade() -> None:
 
 
 def _upgrade(settings: Settings) -> None:
-    from .db import Database
+    from casstore.db import Database
 
     database = Database(settings.database_url)
     try:
@@ -92,7 +92,7 @@ def _upgrade(settings: Settings) -> None:
 
 
 def _store():
-    from .store import Store
+    from casstore.store import Store
 
     return Store(Settings.from_env())
 
@@ -159,7 +159,7 @@ def retention_classes(ctx) -> None:
 @click.option("--reason", default="", help="Why (kept in the audit event).")
 def retention_classes_set(name: str, days: int | None, never: bool, reason: str) -> None:
     """Change a class's duration for packages created or finalized from now on."""
-    from .errors import CasstoreError
+    from casstore.errors import CasstoreError
 
     if (days is None) == (not never):
         raise click.UsageError("give exactly one of --days N or --never")
@@ -177,7 +177,7 @@ def eligibility(as_of: str | None, as_json: bool) -> None:
     """Report packages eligible for deletion and the bytes deleting them would free. Deletes nothing."""
     import json
 
-    from .services.manifest import iso
+    from casstore.services.manifest import iso
 
     report = _store().eligibility.report(_when(as_of))
     if as_json:
@@ -201,7 +201,7 @@ def eligibility(as_of: str | None, as_json: bool) -> None:
 @click.option("--reason", required=True, help="Why (kept in the retention and audit events).")
 def delete(package_id: str, reason: str) -> None:
     """Delete an eligible package (a tombstone stays). Its bytes go at the next `gc`."""
-    from .errors import CasstoreError
+    from casstore.errors import CasstoreError
 
     try:
         package = _store().eligibility.delete(package_id, actor=_actor(), reason=reason)
@@ -218,7 +218,7 @@ def gc(orphan_grace: str, as_json: bool) -> None:
     """Remove the bytes of blobs no live file entry references; safe while ingestion runs."""
     import json
 
-    from .errors import CasstoreError
+    from casstore.errors import CasstoreError
 
     try:
         report = _store().gc.run(actor=_actor(), orphan_grace=_duration(orphan_grace))

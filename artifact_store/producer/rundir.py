@@ -14,8 +14,8 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import InvalidPath
-from ..paths import validate_path
+from casstore.errors import InvalidPath
+from casstore.paths import validate_path
 
 RUN_SCHEMA = "guide-board.run/v1"
 RUN_FIELDS = ("run_id", "target_profile", "assessment_profile", "started_at", "finished_at", "status",

@@ -1,0 +1,344 @@
+"""Helpers every test module shares (and the only module tests import besides conftest).
+
+- HTTP: ``LiveServer`` (the app under a real threaded server, in process) and
+  ``ServerProcess`` (``artifact-store serve`` under gunicorn, for tests that kill it);
+- answers: ``assert_problem``, ``counts``;
+- bodies: ``sha``, ``make_tar``;
+- commands: ``cli`` (an operator command as a process), ``environment`` (the
+  settings of a process over PostgreSQL and S3);
+- backends: ``make_storage``, ``remaining_keys``, ``leave_stray_write``, ``s3_url``;
+- load: ``PackageChurn``, the workload of the gc race tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+from sqlalchemy import text
+from werkzeug.serving import WSGIRequestHandler, make_server
+
+from api import create_app
+from casstore.config import S3Options
+from casstore.storage import LocalStorage, S3Storage, open_storage
+from casstore.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_URL = os.environ.get("ARTIFACT_STORE_TEST_DATABASE_URL", "")
+EXAMPLE_RUN = ROOT.parent / "shared" / "guide-board" / "example-cmis-pilot-run"
+PROBLEM = "application/problem+json"
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def assert_problem(response, status):
+    """The answer is an RFC 9457 problem with this status; returns its body."""
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"] == PROBLEM
+    body = response.json()
+    assert body["status"] == status and body["title"] and body["detail"]
+    return body
+
+
+def counts(store):
+    """Rows per table that a refused request must leave unchanged."""
+    with store.db.engine.connect() as conn:
+        return {t: conn.execute(text(f"SELECT COUNT(*) FROM {t}")).scalar()
+                for t in ("package", "file_entry", "blob", "audit_event")}
+
+
+def make_tar(files: dict[str, bytes], pax: dict[str, dict] | None = None) -> bytes:
+    """A PAX tar of these files (with optional per-member PAX headers), made by tarfile."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for path, data in files.items():
+            info = tarfile.TarInfo(path)
+            info.size = len(data)
+            info.pax_headers = (pax or {}).get(path, {})
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def cli(env_or_settings, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``artifact-store ARGS`` as a process, on a Settings' database and data dir or an env dict."""
+    if isinstance(env_or_settings, dict):
+        env = {**os.environ, **env_or_settings}
+    else:
+        env = {"ARTIFACT_STORE_DATA_DIR": env_or_settings.data_dir,
+               "ARTIFACT_STORE_DATABASE_URL": env_or_settings.database_url, "PATH": "/usr/bin:/bin"}
+    return subprocess.run([sys.executable, "-m", "artifact_store.cli", *args], env=env, capture_output=True,
+                          text=True, cwd=ROOT, timeout=timeout)
+
+
+def environment(database_url: str, tmp_path: Path) -> dict:
+    """The settings of a server or command process over this database and a fresh S3 prefix."""
+    return {"ARTIFACT_STORE_DATA_DIR": str(tmp_path / "data"), "ARTIFACT_STORE_DATABASE_URL": database_url,
+            "ARTIFACT_STORE_STORAGE_URL": s3_url(), "ARTIFACT_STORE_S3_ENDPOINT": S3_ENDPOINT,
+            "ARTIFACT_STORE_S3_REGION": "us-east-1", "ARTIFACT_STORE_S3_ACCESS_KEY_ID": "testkey",
+            "ARTIFACT_STORE_S3_SECRET_ACCESS_KEY": "testsecret", "ARTIFACT_STORE_S3_ALLOW_HTTP": "true",
+            "ARTIFACT_STORE_S3_PART_SIZE_MIB": "5"}
+
+
+# ---------------------------------------------------------------- servers
+
+class RawPathHandler(WSGIRequestHandler):
+    """Werkzeug's dev server, but PATH_INFO carries the raw percent-decoded bytes as gunicorn's does.
+
+    The dev server decodes the path as UTF-8 with replacement characters before
+    the app sees it; gunicorn (what ``artifact-store serve`` runs) does not, and
+    the app relies on that to refuse paths that are not UTF-8.
+    """
+
+    def make_environ(self):
+        from urllib.parse import unquote_to_bytes, urlsplit
+
+        environ = super().make_environ()
+        environ["PATH_INFO"] = unquote_to_bytes(urlsplit(self.path).path).decode("latin-1")
+        return environ
+
+
+class LiveServer:
+    """The app under a real threaded HTTP server on loopback."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.app = create_app(store=store)
+        self.server = make_server("127.0.0.1", 0, self.app, threaded=True,
+                                  request_handler=RawPathHandler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
+        self.thread.start()
+        self.http = requests.Session()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.http.close()
+
+    # small conveniences for tests
+    def create(self, **body) -> dict:
+        body.setdefault("producer", "test")
+        response = self.http.post(f"{self.url}/v1/packages", json=body)
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    def file_url(self, package_id: str, path: str) -> str:
+        from urllib.parse import quote
+
+        return f"{self.url}/v1/packages/{package_id}/files/{quote(path, safe='/')}"
+
+    def put(self, package_id: str, path: str, data: bytes, **kwargs) -> requests.Response:
+        return self.http.put(self.file_url(package_id, path), data=data, **kwargs)
+
+    def get(self, package_id: str, path: str, **kwargs) -> requests.Response:
+        return self.http.get(self.file_url(package_id, path), **kwargs)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    def __init__(self, env: dict, workers: int = 2, port: int | None = None, log_path: str | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, **env, "ARTIFACT_STORE_PORT": str(self.port), "ARTIFACT_STORE_HOST": "127.0.0.1"}
+        self.workers = workers
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30) -> "ServerProcess":
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "artifact_store.cli", "serve", "--workers", str(self.workers)],
+            env=self.env, stdout=log, stderr=log, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}")
+            try:
+                if requests.get(f"{self.url}/v1/health", timeout=2).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("server did not become healthy")
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: master and workers die mid-request, no cleanup."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def peak_rss_kib(self) -> int:
+        """Largest VmHWM among the server's processes (master + workers), in KiB."""
+        peak = 0
+        for pid in _group_pids(self.proc.pid):
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    for line in f:
+                        if line.startswith("VmHWM:"):
+                            peak = max(peak, int(line.split()[1]))
+            except OSError:
+                pass
+        return peak
+
+
+def _group_pids(pgid: int) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getpgid(int(entry)) == pgid:
+                    pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+# ---------------------------------------------------------------- backends
+
+S3_ENDPOINT = os.environ.get("ARTIFACT_STORE_TEST_S3_ENDPOINT", "")
+S3_BUCKET = os.environ.get("ARTIFACT_STORE_TEST_S3_BUCKET", "test")
+BACKENDS = ["local", "memory", "s3"]
+
+
+def s3_options(**overrides) -> S3Options:
+    values = dict(endpoint=S3_ENDPOINT, region="us-east-1",
+                  access_key_id=os.environ.get("ARTIFACT_STORE_TEST_S3_ACCESS_KEY_ID", "testkey"),
+                  secret_access_key=os.environ.get("ARTIFACT_STORE_TEST_S3_SECRET_ACCESS_KEY", "testsecret"),
+                  allow_http=True, part_size=5 << 20, timeout_s=30, retries=2)
+    values.update(overrides)
+    return S3Options(**values)
+
+
+def s3_url(prefix: str | None = None) -> str:
+    return f"s3://{S3_BUCKET}/{prefix or 't-' + uuid.uuid4().hex[:12]}"
+
+
+def make_storage(kind: str, tmp_path):
+    if kind == "local":
+        return LocalStorage(str(tmp_path / "objects"))
+    if kind == "memory":
+        return open_storage("memory:///")
+    if kind == "s3":
+        if not S3_ENDPOINT:
+            pytest.skip("no S3-compatible server (set ARTIFACT_STORE_TEST_S3_ENDPOINT; .ci/run starts SeaweedFS)")
+        return open_storage(s3_url(), s3=s3_options())
+    raise pytest.skip.Exception(f"unknown backend {kind}")
+
+
+def remaining_keys(storage) -> list[str]:
+    """Everything still on the backend, including obstore's hidden local temporaries."""
+    keys = [info.key for info in storage.list("")]
+    root = getattr(storage, "root", None)
+    if root:
+        for dirpath, _dirs, files in os.walk(root):
+            for name in files:
+                rel = os.path.relpath(os.path.join(dirpath, name), root)
+                if rel not in keys:
+                    keys.append(rel)
+    return sorted(keys)
+
+
+def leave_stray_write(storage, key: str) -> bool:
+    """Leave what a killed upload leaves: a started multipart upload (S3), a temporary file (local)."""
+    if isinstance(storage, S3Storage):
+        client = storage._client()
+        full = f"{storage.prefix}/{key}" if storage.prefix else key
+        upload = client.create_multipart_upload(Bucket=storage.bucket, Key=full)
+        client.upload_part(Bucket=storage.bucket, Key=full, UploadId=upload["UploadId"], PartNumber=1, Body=b"x" * 100)
+        return True
+    root = getattr(storage, "root", None)
+    if root:
+        path = os.path.join(root, key + "#1")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(b"half a blob")
+        return True
+    return False
+
+
+# ---------------------------------------------------------------- load
+
+class PackageChurn(threading.Thread):
+    def __init__(self, urls: list[str], shared: list[bytes], seed: int, stop: threading.Event, errors: list,
+                 pace: threading.Semaphore | None = None, keep: int = 2) -> None:
+        super().__init__(daemon=True)
+        self.urls, self.shared, self.rng = urls, shared, random.Random(seed)
+        self.stop, self.errors, self.pace, self.keep = stop, errors, pace, keep
+        self.kept: dict[str, dict[str, bytes]] = {}
+        self.done = self.deleted = self.reuploads = 0
+
+    def url(self) -> str:
+        return self.rng.choice(self.urls)  # several API processes: any may serve any step
+
+    def run(self) -> None:
+        http = requests.Session()
+        try:
+            while not self.stop.is_set():
+                if self.pace is None or self.pace.acquire(timeout=0.1):
+                    self.one(http)
+        except Exception as exc:  # surfaced by the test
+            self.errors.append(repr(exc))
+
+    def one(self, http: requests.Session) -> None:
+        pkg = http.post(f"{self.url()}/v1/packages",
+                        json={"producer": "churn", "retention_class": "transient"}).json()["id"]
+        files = {f"shared/{i}": d for i, d in enumerate(self.rng.sample(self.shared, 4))}
+        files.update({f"own/{i}": os.urandom(self.rng.randint(1, 4000)) for i in range(2)})
+        missing = set(http.post(f"{self.url()}/v1/blobs/missing",
+                                json={"digests": [sha(d) for d in files.values()]}).json()["missing"])
+        known = [{"path": p, "sha256": sha(d)} for p, d in files.items() if sha(d) not in missing]
+        upload = [p for p, d in files.items() if sha(d) in missing]
+        if known:
+            answer = http.post(f"{self.url()}/v1/packages/{pkg}/attach", json={"files": known})
+            assert answer.status_code == 200, answer.text
+            lost = set(answer.json()["missing"])  # gc took it between our question and the attach
+            raced = [i["path"] for i in known if i["sha256"] in lost]
+            self.reuploads += len(raced)
+            upload += raced
+        if len(upload) > 1:  # a tar batch: its new blobs become one pack, racing with gc like any blob
+            r = http.post(f"{self.url()}/v1/packages/{pkg}/tar", data=make_tar({p: files[p] for p in upload}),
+                          headers={"Content-Type": "application/x-tar"})
+            assert r.status_code == 201, r.text
+        for path in upload if len(upload) == 1 else []:
+            r = http.put(f"{self.url()}/v1/packages/{pkg}/files/{path}", data=files[path],
+                         headers={"X-Checksum-Sha256": sha(files[path])})
+            assert r.status_code == 201, r.text
+        done = http.post(f"{self.url()}/v1/packages/{pkg}/finalize")
+        assert done.status_code == 200 and done.json()["file_count"] == len(files), done.text
+        self.kept[pkg] = files
+        while len(self.kept) > self.keep:
+            oldest = next(iter(self.kept))
+            r = http.delete(f"{self.url()}/v1/packages/{oldest}", params={"reason": "churn"})
+            assert r.status_code == 200, r.text
+            del self.kept[oldest]
+            self.deleted += 1
+        self.done += 1

@@ -19,8 +19,18 @@ def main() -> None:
               help="gunicorn worker processes.")
 @click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256),
               help="Threads per worker (concurrent requests each).")
+@click.option("--header-timeout", default=10.0, show_default=True, type=click.FloatRange(0.5, 3600),
+              help="Seconds a client has to send a whole request head (else 408, connection closed).")
+@click.option("--io-timeout", default=30.0, show_default=True, type=click.FloatRange(0.5, 3600),
+              help="Seconds any read of a request body or write of an answer may stall before the "
+                   "connection is closed.")
+@click.option("--keepalive", default=15, show_default=True, type=click.IntRange(0, 3600),
+              help="Seconds an idle kept-alive connection stays open.")
+@click.option("--max-connections", default=4096, show_default=True, type=click.IntRange(16, 100000),
+              help="Open connections per worker (idle and slow ones cost no thread, only a file descriptor).")
 @click.option("--no-upgrade", is_flag=True, help="Do not run database migrations before starting.")
-def serve(host: str | None, port: int | None, workers: int, threads: int, no_upgrade: bool) -> None:
+def serve(host: str | None, port: int | None, workers: int, threads: int, header_timeout: float,
+          io_timeout: float, keepalive: int, max_connections: int, no_upgrade: bool) -> None:
     """Run the HTTP API under gunicorn (migrating the database first)."""
     from .server import run
 
@@ -30,7 +40,8 @@ def serve(host: str | None, port: int | None, workers: int, threads: int, no_upg
         _upgrade(settings)
     click.echo(f"artifact-store listening on http://{settings.host}:{settings.port} "
                f"(database {settings.database_url.split('@')[-1]}, storage {settings.storage_url})", err=True)
-    run(settings, workers=workers, threads=threads)
+    run(settings, workers=workers, threads=threads, header_timeout=header_timeout, io_timeout=io_timeout,
+        keepalive=keepalive, max_connections=max_connections)
 
 
 @main.command()

@@ -1,14 +1,218 @@
 """gunicorn, started from Python so that ``artifact-store serve`` needs no config file.
 
-Workers use gthread: each request streams on its own thread, and a long
-upload does not block the worker's heartbeat.
+Workers are gunicorn's gthread with one change, ``GuardedWorker``: the request
+head is read by the worker's event loop, not by a request thread.
+
+Why: stock gthread hands a connection to a thread at its first byte, and the
+thread then blocks until the whole head has arrived, with no deadline. 16
+connections sending one header line every 2 s stopped a 2 x 8 server, and
+sockets that never send a byte each held a thread for 5 s (FACTS.md,
+"Serving under slow and idle clients"). Here a connection is only given a
+thread once its head is complete (or provably too large); until then it
+costs one registration in the selector and at most MAX_HEAD bytes. A head not
+complete within ``header_timeout`` of accept (or, on a kept-alive
+connection, of its next byte) is answered 408 and closed - or just closed if
+nothing came; idle kept-alive connections wait in the selector as before and
+close after ``keepalive`` seconds.
+
+Once the head is in, the request thread streams the body as before (bounded
+memory, no spooling), under two guards: no read or write may wait more than
+``io_timeout`` seconds, and a body must arrive at MIN_RATE bytes/s on average
+once GRACE seconds have passed. A stalled upload or a download nobody reads
+therefore frees its thread within ``io_timeout``.
+
+Alternatives measured with bench/slow_clients.py and bench/ingest_api.py are
+in docs/operations.md. Every answer the server gives before the application
+sees the request (400, 408, 414, 431, 501) is application/problem+json.
 """
 
 from __future__ import annotations
 
+import errno
+import json
+import selectors
+import time
+from functools import partial
+
 from gunicorn.app.base import BaseApplication
+from gunicorn.http import errors as http_errors
+from gunicorn.workers.gthread import ThreadWorker
 
 from casstore.config import Settings
+
+MAX_HEAD = 64 << 10  # a request head past this is refused (431, or 414 if the request line alone is)
+MIN_RATE = 1024  # bytes/s a request body must average once GRACE seconds have passed
+GRACE = 30.0
+READ = 1 << 16
+
+# (exception class, status, title): the answers gunicorn's parser gives before the application.
+PRE_APP_ERRORS = (
+    (http_errors.LimitRequestLine, 414, "URI Too Long"),
+    (http_errors.LimitRequestHeaders, 431, "Request Header Fields Too Large"),
+    (http_errors.UnsupportedTransferCoding, 501, "Not Implemented"),
+    (http_errors.InvalidResponseHeader, 500, "Internal Server Error"),  # the application's fault
+    (http_errors.InvalidResponseHeaderName, 500, "Internal Server Error"),
+    (http_errors.ConfigurationProblem, 500, "Internal Server Error"),
+    (http_errors.ForbiddenProxyRequest, 403, "Forbidden"),
+    (http_errors.ExpectationFailed, 417, "Expectation Failed"),
+    (http_errors.ParseException, 400, "Bad Request"),
+)
+
+
+def problem_bytes(status: int, title: str, detail: str, close: bool = True) -> bytes:
+    """A complete HTTP/1.1 problem+json answer (RFC 9457), written straight to the socket."""
+    body = json.dumps({"type": "about:blank", "status": status, "title": title, "detail": detail}).encode()
+    head = (f"HTTP/1.1 {status} {title}\r\nContent-Type: application/problem+json\r\n"
+            f"Content-Length: {len(body)}\r\n" + ("Connection: close\r\n" if close else "") + "\r\n")
+    return head.encode("latin-1") + body
+
+
+def head_complete(buf: bytes | bytearray) -> bool:
+    return b"\r\n\r\n" in buf or b"\n\n" in buf
+
+
+class PacedSocket:
+    """The socket a request thread reads its body from: recv fails once the client is too slow.
+
+    Every recv already waits at most ``io_timeout`` (the socket's timeout);
+    this adds the average-rate floor, so a body trickling one byte just
+    within each timeout cannot hold a thread for hours.
+    """
+
+    def __init__(self, sock, min_rate: float = MIN_RATE, grace: float = GRACE) -> None:
+        self._sock, self._min_rate, self._grace = sock, min_rate, grace
+        self._started, self._received = time.monotonic(), 0
+
+    def recv(self, size: int) -> bytes:
+        elapsed = time.monotonic() - self._started
+        if elapsed > self._grace and self._received < self._min_rate * elapsed:
+            raise TimeoutError(f"request body slower than {self._min_rate} bytes/s")
+        data = self._sock.recv(size)
+        self._received += len(data)
+        return data
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
+class GuardedWorker(ThreadWorker):
+    """gthread whose event loop, not a request thread, waits for each request head (see the module doc)."""
+
+    def init_process(self) -> None:
+        self.heads: dict = {}  # connection -> deadline, while its head is being read
+        super().init_process()
+
+    # -- the head, read in the event loop --------------------------------------------------
+    def enqueue_req(self, conn) -> None:
+        if self.cfg.is_ssl:  # TLS belongs to the reverse proxy (docs/operations.md)
+            return super().enqueue_req(conn)
+        # A kept-alive connection comes back here once readable; bytes of a pipelined request may be buffered.
+        conn.head = bytearray(conn.parser.unreader.take_buffered() if conn.parser is not None else b"")
+        if head_complete(conn.head):
+            return super().enqueue_req(conn)
+        conn.sock.setblocking(False)
+        self.heads[conn] = time.monotonic() + self.header_timeout
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_head_readable, conn))
+
+    def on_head_readable(self, conn, _sock) -> None:
+        try:
+            data = conn.sock.recv(READ)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            return self._drop(conn)
+        conn.head += data
+        if head_complete(conn.head):
+            self._unwatch(conn)
+            conn.data_ready = True
+            super().enqueue_req(conn)
+        elif len(conn.head) > MAX_HEAD:
+            line_too_long = b"\n" not in conn.head
+            self._refuse(conn, 414 if line_too_long else 431,
+                         "URI Too Long" if line_too_long else "Request Header Fields Too Large",
+                         f"the request {'line' if line_too_long else 'head'} is longer than {MAX_HEAD} bytes")
+
+    def murder_pending(self) -> None:
+        super().murder_pending()
+        now = time.monotonic()
+        for conn in [c for c, deadline in self.heads.items() if deadline <= now]:
+            if conn.head:
+                self._refuse(conn, 408, "Request Timeout",
+                             f"the request head did not arrive within {self.header_timeout:g} s")
+            else:
+                self._drop(conn)  # an idle connection: nothing to answer
+
+    def _unwatch(self, conn) -> None:
+        self.heads.pop(conn, None)
+        try:
+            self.poller.unregister(conn.sock)
+        except (KeyError, ValueError, OSError):
+            pass
+
+    def _drop(self, conn) -> None:
+        self._unwatch(conn)
+        self.nr_conns -= 1
+        conn.close()
+
+    def _refuse(self, conn, status: int, title: str, detail: str) -> None:
+        self.log.warning("refused a request from %s: %s", conn.client[0] if conn.client else "?", detail)
+        try:
+            conn.sock.send(problem_bytes(status, title, detail))  # non-blocking: a small answer or nothing
+        except OSError:
+            pass
+        self._drop(conn)
+
+    # -- the request, in a thread ------------------------------------------------------------
+    def handle(self, conn):
+        head, conn.head = getattr(conn, "head", None), None
+        if head:
+            conn.sock.setblocking(True)
+            conn.init()
+            unreader = conn.parser.unreader
+            rest = unreader.take_buffered()
+            unreader.buf.write(bytes(head) + rest)
+        return super().handle(conn)
+
+    def handle_request(self, req, conn):
+        conn.sock.settimeout(self.io_timeout)  # every read and write of this request: at most io_timeout
+        unreader = conn.parser.unreader
+        unreader.sock = PacedSocket(conn.sock)
+        try:
+            return super().handle_request(req, conn)
+        finally:
+            unreader.sock = conn.sock
+
+    def handle_error(self, req, client, addr, exc) -> None:
+        """The server's own answers (bad request line, 414, 431, ...) as problem+json, never HTML."""
+        for cls, status, title in PRE_APP_ERRORS:
+            if isinstance(exc, cls):
+                if status < 500:
+                    self.log.warning("invalid request from %s: %s", (addr or ("?",))[0], exc)
+                else:
+                    self.log.exception("error handling request")
+                break
+        else:
+            if isinstance(exc, OSError) and exc.errno in (None, errno.ETIMEDOUT):
+                self.log.info("closed a connection whose client stalled: %s", exc)
+                return
+            self.log.exception("error handling request")
+            status, title = 500, "Internal Server Error"
+        detail = str(exc)[:300] if status < 500 else "the server failed to handle the request"
+        try:
+            client.settimeout(self.io_timeout)
+            client.sendall(problem_bytes(status, title, detail))
+        except OSError:
+            self.log.debug("could not send the error answer")
+
+    @property
+    def header_timeout(self) -> float:
+        return self.app.options.get("header_timeout", 10.0)
+
+    @property
+    def io_timeout(self) -> float:
+        return self.app.options.get("io_timeout", 30.0)
 
 
 class _Server(BaseApplication):
@@ -28,15 +232,19 @@ class _Server(BaseApplication):
         return create_app(self.settings)
 
 
-def run(settings: Settings, *, workers: int = 2, threads: int = 8) -> None:
+def run(settings: Settings, *, workers: int = 2, threads: int = 8, header_timeout: float = 10.0,
+        io_timeout: float = 30.0, keepalive: int = 15, max_connections: int = 4096) -> None:
     _Server(settings, {
         "bind": f"{settings.host}:{settings.port}",
         "workers": workers,
         "threads": threads,
-        "worker_class": "gthread",
+        "worker_class": GuardedWorker,
+        "worker_connections": max_connections,
         "timeout": 120,
         "graceful_timeout": 30,
-        "keepalive": 30,
+        "keepalive": int(keepalive),  # gunicorn takes whole seconds
+        "header_timeout": header_timeout,  # read by GuardedWorker, not a gunicorn setting
+        "io_timeout": io_timeout,
         "errorlog": "-",
         "loglevel": "info",
         # No gunicornc control socket: one fixed path per user would be shared by every server on the host.

@@ -12,7 +12,7 @@ from werkzeug.routing import PathConverter
 from casstore.config import Settings
 from casstore.store import Store
 
-from . import audit, blobs, eligibility, files, health, packages, problems, retention, retention_classes
+from . import audit, blobs, eligibility, files, guards, health, packages, problems, retention, retention_classes
 
 
 class AnyPathConverter(PathConverter):
@@ -43,7 +43,9 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.extensions["casstore"] = store = store or Store(settings)
     store.capabilities  # probe the backend's conditional writes now, not on the first request
     api = problems.ProblemApi(app, spec_kwargs={"info": {"description": DESCRIPTION}})
+    app.extensions["openapi"] = api
     problems.register(app)
+    guards.install(app)
     for module in (packages, files, retention, blobs, eligibility, audit, retention_classes, health):
         api.register_blueprint(module.blp)
     return app

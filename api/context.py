@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import current_app, request
 
 from casstore.errors import InvalidInput, InvalidPath
+from casstore.jsonvalues import check_name
 from casstore.store import Store
 
 MAX_ACTOR = 256
@@ -17,9 +18,9 @@ def store() -> Store:
 def actor() -> str:
     """Who is acting, as the client says in X-Actor (recorded in audit events)."""
     value = request.headers.get("X-Actor", "anonymous").strip() or "anonymous"
-    if len(value) > MAX_ACTOR or any(ord(c) < 32 for c in value):
+    if len(value) > MAX_ACTOR:
         raise InvalidInput(f"X-Actor must be at most {MAX_ACTOR} printable characters")
-    return value
+    return check_name(value, "X-Actor")
 
 
 def raw_logical_path(prefix_segments: int) -> str:

@@ -11,6 +11,7 @@ from casstore.digests import content_digest_header, parse_content_digest, parse_
 from casstore.errors import InvalidDigest
 
 from . import context
+from .guards import streams_body
 from .schemas import AttachRequest, AttachResult, FileEntryOut, FilePage, FileQuery, TarResult, UploadQuery
 
 blp = Blueprint("files", __name__, url_prefix="/v1/packages", description="Files of a package")
@@ -68,6 +69,7 @@ class Attach(MethodView):
 
 @blp.route("/<string:package_id>/tar")
 class TarUpload(MethodView):
+    @streams_body
     @blp.arguments(UploadQuery, location="query", unknown=RAISE)
     @blp.response(201, TarResult)
     @blp.doc(requestBody={"content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}}})
@@ -83,6 +85,7 @@ class TarUpload(MethodView):
 
 @blp.route("/<string:package_id>/files/<anypath:logical_path>")
 class FileItem(MethodView):
+    @streams_body
     @blp.arguments(UploadQuery, location="query", unknown=RAISE)
     @blp.response(201, FileEntryOut)
     @blp.doc(requestBody={"content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}})
@@ -97,7 +100,8 @@ class FileItem(MethodView):
     @blp.alt_response(206, description="the requested byte range")
     def get(self, package_id, logical_path):
         """Download a file, whole or one byte range (HEAD: headers only)."""
-        byte_range = request.range.ranges[0] if request.range and len(request.range.ranges) == 1 else None
+        ranges = request.range  # a unit other than bytes is ignored (RFC 9110 14.2): the whole file
+        byte_range = ranges.ranges[0] if ranges and ranges.units == "bytes" and len(ranges.ranges) == 1 else None
         download = context.store().files.download(
             package_id, context.raw_logical_path(PATH_PREFIX_SEGMENTS), byte_range,
             body=request.method != "HEAD")

@@ -8,7 +8,7 @@ from flask_smorest import Blueprint
 from marshmallow import EXCLUDE, RAISE
 
 from . import context
-from .schemas import PackageCreate, PackageOut, PackagePage, PackageQuery, ReasonQuery
+from .schemas import PackageCreate, PackageOut, PackagePage, PackageQuery, RequiredReasonQuery
 
 blp = Blueprint("packages", __name__, url_prefix="/v1/packages", description="Packages: one producer run each")
 
@@ -36,12 +36,12 @@ class PackageItem(MethodView):
         """A package's metadata, counts, retention and manifest digest."""
         return context.store().packages.get(package_id)
 
-    @blp.arguments(ReasonQuery, location="query", unknown=EXCLUDE)
+    @blp.arguments(RequiredReasonQuery, location="query", unknown=EXCLUDE)
     @blp.response(200, PackageOut)
     def delete(self, query, package_id):
         """Delete an eligible package (409 naming the hold or the expiry otherwise); it stays as a tombstone."""
         return context.store().eligibility.delete(package_id, actor=context.actor(),
-                                                  reason=query.get("reason") or "")
+                                                  reason=query["reason"])
 
 
 @blp.route("/<string:package_id>/finalize")

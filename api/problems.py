@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 
-from flask import Response
+from flask import Response, request
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
@@ -28,6 +28,15 @@ STATUS = (
     (errors.Conflict, 409),
     (errors.RangeNotSatisfiable, 416),
     (errors.StorageError, 503),
+    (errors.DatabaseFull, 507),
+    (errors.DatabaseUnavailable, 503),
+)
+
+# What a 5xx answer says instead of the error's detail (which names storage keys and OS errors).
+PUBLIC_DETAIL = (
+    (errors.StorageError, "the storage backend failed; try again later (the server log has the details)"),
+    (errors.DatabaseFull, "the database has no room left; an operator must free or add space"),
+    (errors.DatabaseUnavailable, "the database failed; try again later (the server log has the details)"),
 )
 
 
@@ -47,7 +56,9 @@ def status_of(exc: errors.CasstoreError) -> int:
 def handle_casstore_error(exc: errors.CasstoreError) -> Response:
     status = status_of(exc)
     if status >= 500:
-        log.error("%s: %s", type(exc).__name__, exc.detail, exc_info=exc)
+        log.error("%s %s: %s: %s", request.method, request.path, type(exc).__name__, exc.detail, exc_info=exc)
+        detail = next((text for cls, text in PUBLIC_DETAIL if isinstance(exc, cls)), "the server failed")
+        return problem(status, exc.title, detail, headers={"Retry-After": "30"} if status == 503 else None)
     headers = {}
     if isinstance(exc, errors.RangeNotSatisfiable) and "size" in exc.extra:
         headers["Content-Range"] = f"bytes */{exc.extra['size']}"
@@ -55,7 +66,28 @@ def handle_casstore_error(exc: errors.CasstoreError) -> Response:
 
 
 class ProblemApi(Api):
-    """flask-smorest's Api, answering its own errors as problem+json."""
+    """flask-smorest's Api, answering its own errors as problem+json - and documenting them so."""
+
+    def _register_responses(self):
+        """Every status's error response in the spec: the Problem schema as application/problem+json."""
+        from http import HTTPStatus
+
+        from .schemas import Problem
+
+        for status in HTTPStatus:
+            response = {"description": status.phrase}
+            if status >= 400:
+                response["content"] = {PROBLEM_JSON: {"schema": Problem}}
+            self.spec.components.response(status.name, response, lazy=True)
+        self.spec.components.response(
+            self.DEFAULT_ERROR_RESPONSE_NAME,
+            {"description": "an error (RFC 9457 problem details)", "content": {PROBLEM_JSON: {"schema": Problem}}},
+            lazy=True)
+
+    def _openapi_json(self):
+        from .openapi import document
+
+        return Response(json.dumps(document(self), indent=2), mimetype="application/json")
 
     def handle_http_exception(self, error: HTTPException):
         if error.code is None or error.code >= 500:
@@ -68,6 +100,8 @@ class ProblemApi(Api):
         if error.code == 405 and error.valid_methods:
             headers["Allow"] = ", ".join(error.valid_methods)
         detail = data.get("message") or error.description or error.name
+        if error.code is None or error.code >= 500:
+            detail = "the server failed to handle the request (the server log has the details)"
         if extra.get("errors"):
             detail = "the request failed validation: " + json.dumps(extra["errors"], default=str)[:500]
         return problem(error.code or 500, error.name, detail, headers=headers, extra=extra)

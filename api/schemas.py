@@ -6,15 +6,39 @@ write times as RFC 3339 UTC with a 'Z'.
 
 from __future__ import annotations
 
-from datetime import timezone
+from datetime import datetime, timezone
 
-from marshmallow import RAISE, Schema, fields, validate
+from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, validate
 
+from casstore.errors import InvalidInput
+from casstore.jsonvalues import check_name
 from casstore.paths import MAX_PATH_BYTES
 
 SHA256_HEX = validate.Regexp(r"^(sha256:)?[0-9a-fA-F]{64}$", error="not a SHA-256 digest")
-NAME = validate.Length(min=1, max=256)
+PACKAGE_ID = r"^pkg_[0-9A-HJKMNP-TV-Z]{26}$"
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+MAX_LIST = 10_000  # digests per /v1/blobs/missing, files per attach
+MAX_AUDIT_ID = 2 ** 63 - 1  # the largest id a BIGINT (and SQLite's INTEGER) holds
+
+
+class Printable(validate.Validator):
+    """No control, lone surrogate or bidirectional formatting character (names end up in audit trails)."""
+
+    error = "must not contain control or bidirectional formatting characters"
+
+    def __call__(self, value: str) -> str:
+        try:
+            return check_name(value, "value")
+        except InvalidInput as exc:
+            raise ValidationError(exc.detail) from exc
+
+
+def name(max_len: int = 256) -> list:
+    return [validate.Length(min=1, max=max_len), Printable()]
+
+
+NAME = name()
+REASON = name(4000)
 
 
 class Strict(Schema):
@@ -23,18 +47,41 @@ class Strict(Schema):
 
 
 class Time(fields.DateTime):
+    """Answers write times as RFC 3339 UTC with microseconds and a 'Z' (documented as date-time)."""
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        if value is None:
+            return None
+        return value.astimezone(timezone.utc).strftime(TIME_FORMAT)
+
+
+class UtcTime(fields.AwareDateTime):
+    """A time a client sends: RFC 3339 (UTC when it names no offset), refused (422) if it has no UTC equivalent.
+
+    ``9999-12-31T23:59:59-14:00`` is a valid RFC 3339 string whose UTC instant lies
+    past year 9999: Python cannot represent it, and it must not reach a query.
+    """
+
     def __init__(self, **kwargs):
-        super().__init__(format=TIME_FORMAT, **kwargs)
+        super().__init__(default_timezone=timezone.utc, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs) -> datetime:
+        parsed = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return parsed.astimezone(timezone.utc)
+        except OverflowError as exc:
+            raise ValidationError("the time is outside the years 1 to 9999 once converted to UTC") from exc
 
 
 # ---------------------------------------------------------------- packages
 class PackageCreate(Strict):
-    producer = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    producer = fields.String(required=True, validate=name(128))
     run_id = fields.String(validate=NAME, allow_none=True)
     target_profile = fields.String(validate=NAME, allow_none=True)
     assessment_profile = fields.String(validate=NAME, allow_none=True)
-    retention_class = fields.String(validate=validate.Length(min=1, max=64), allow_none=True)
-    metadata = fields.Dict(keys=fields.String(), load_default=dict)
+    retention_class = fields.String(validate=name(64), allow_none=True)
+    # Any JSON object, kept exactly; its size, depth and members are checked by the service.
+    metadata = fields.Dict(load_default=dict)
 
 
 class PackageOut(Schema):
@@ -63,7 +110,8 @@ class PackageQuery(Strict):
     status = fields.String(validate=validate.OneOf(["created", "uploading", "finalized", "failed", "deleted"]))
     retention_class = fields.String(validate=NAME)
     limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
-    cursor = fields.String(validate=validate.Length(max=64))
+    cursor = fields.String(validate=validate.Regexp(PACKAGE_ID, error="not a cursor this API handed out"),
+                           metadata={"description": "next_cursor of the previous page"})
 
 
 class PackagePage(Schema):
@@ -101,7 +149,7 @@ class AttachItem(Strict):
 
 
 class AttachRequest(Strict):
-    files = fields.List(fields.Nested(AttachItem), required=True, validate=validate.Length(min=1, max=10000))
+    files = fields.List(fields.Nested(AttachItem), required=True, validate=validate.Length(min=1, max=MAX_LIST))
     replace = fields.Boolean(load_default=False)
 
 
@@ -117,7 +165,7 @@ class TarResult(Schema):
 # ---------------------------------------------------------------- blobs
 class MissingRequest(Strict):
     digests = fields.List(fields.String(validate=SHA256_HEX), required=True,
-                          validate=validate.Length(min=0, max=10000))
+                          validate=validate.Length(min=0, max=MAX_LIST))
 
 
 class MissingResult(Schema):
@@ -133,18 +181,22 @@ class HealthOut(Schema):
 
 # ---------------------------------------------------------------- retention
 class ReasonBody(Strict):
-    reason = fields.String(required=True, validate=validate.Length(min=1, max=4000))
+    reason = fields.String(required=True, validate=REASON)
 
 
 class ReasonQuery(Schema):
-    reason = fields.String(validate=validate.Length(min=1, max=4000))
+    reason = fields.String(validate=REASON, metadata={"description": "why (or a JSON body {\"reason\": ...})"})
+
+
+class RequiredReasonQuery(Schema):
+    reason = fields.String(required=True, validate=REASON)
 
 
 class ExtendRequest(Strict):
-    expires_at = fields.AwareDateTime(default_timezone=timezone.utc)
+    expires_at = UtcTime()
     days = fields.Integer(validate=validate.Range(min=1, max=100 * 365))
-    retention_class = fields.String(validate=validate.Length(min=1, max=64))
-    reason = fields.String(required=True, validate=validate.Length(min=1, max=4000))
+    retention_class = fields.String(validate=name(64))
+    reason = fields.String(required=True, validate=REASON)
 
 
 class HoldOut(Schema):
@@ -192,9 +244,10 @@ class AuditQuery(Strict):
     package_id = fields.String(validate=validate.Length(max=64))
     actor = fields.String(validate=validate.Length(max=256))
     action = fields.String(validate=validate.Length(max=64))
-    since = fields.AwareDateTime(default_timezone=timezone.utc)
-    until = fields.AwareDateTime(default_timezone=timezone.utc)
-    cursor = fields.Integer(validate=validate.Range(min=0))
+    since = UtcTime()
+    until = UtcTime()
+    cursor = fields.Integer(validate=validate.Range(min=1, max=MAX_AUDIT_ID),
+                            metadata={"description": "next_cursor of the previous page"})
     limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
 
 
@@ -214,7 +267,7 @@ class AuditPage(Schema):
 
 
 class EligibilityQuery(Strict):
-    as_of = fields.AwareDateTime(default_timezone=timezone.utc)
+    as_of = UtcTime()
 
 
 class EligiblePackageOut(Schema):
@@ -244,3 +297,17 @@ class RetentionClassOut(Schema):
 
 class RetentionClassList(Schema):
     items = fields.List(fields.Nested(RetentionClassOut))
+
+
+# ---------------------------------------------------------------- errors
+class Problem(Schema):
+    """RFC 9457 problem details: every error answer (application/problem+json)."""
+
+    type = fields.String(required=True, metadata={"example": "about:blank"})
+    status = fields.Integer(required=True)
+    title = fields.String(required=True)
+    detail = fields.String(required=True)
+    errors = fields.Dict(metadata={"description": "per-location, per-field validation messages (422)"})
+
+    class Meta:
+        unknown = INCLUDE  # members naming what the error is about (package_id, missing, ...) come along

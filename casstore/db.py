@@ -28,7 +28,10 @@ from contextlib import contextmanager, nullcontext
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
+
+from .errors import DatabaseFull, DatabaseUnavailable
 
 MIGRATIONS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "migrations")
 
@@ -113,13 +116,13 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        with Session(self.engine, expire_on_commit=False) as session:
+        with _operational_errors(), Session(self.engine, expire_on_commit=False) as session:
             yield session
 
     @contextmanager
     def write(self) -> Iterator[Session]:
         """A transaction that commits on success and rolls back on any exception."""
-        with self._gate or nullcontext(), self._transaction() as session:
+        with _operational_errors(), self._gate or nullcontext(), self._transaction() as session:
             yield session
 
     @contextmanager
@@ -149,6 +152,21 @@ class Database:
         if self._gate is not None:
             self._gate.close()
             self._gate = None
+
+
+@contextmanager
+def _operational_errors() -> Iterator[None]:
+    """The database's operational failures as casstore errors (503, or 507 when it is full).
+
+    Constraint violations (IntegrityError) pass through: services turn them into conflicts.
+    """
+    try:
+        yield
+    except OperationalError as exc:
+        text = str(exc.orig or exc).lower()
+        if "full" in text or "no space left" in text:
+            raise DatabaseFull(f"the database is full: {exc.orig or exc}") from exc
+        raise DatabaseUnavailable(f"the database failed: {exc.orig or exc}") from exc
 
 
 def alembic_config(url: str):

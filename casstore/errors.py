@@ -16,10 +16,14 @@ The HTTP layer maps each branch to one status, in one place (api/problems.py)::
     │   ├── RetentionConflict     a retention change would shorten expiry, or deletion is not allowed
     │   └── LeaseHeld             background work is already running elsewhere
     ├── RangeNotSatisfiable       416: a byte range outside the file
-    └── StorageError              503: the storage backend failed (raised only by storage.py)
-        └── ObjectMissing         an object the caller expected is not on the backend
+    ├── StorageError              503: the storage backend failed (raised only by storage.py)
+    │   └── ObjectMissing         an object the caller expected is not on the backend
+    └── DatabaseUnavailable       503: the database failed or could not be reached (raised only by db.py)
+        └── DatabaseFull          507: the database has no room left (SQLite: disk or max_page_count full)
 
-Each class carries a human ``detail`` and optional ``extra`` fields that the
+A 5xx answer never shows ``detail`` (it names storage keys and OS errors):
+the client gets the title and what failed in general terms, the log gets
+the detail. Each class carries a human ``detail`` and optional ``extra`` fields that the
 problem+json body includes (for example the missing digests, or the existing
 package id).
 """
@@ -128,3 +132,15 @@ class ObjectMissing(StorageError):
     """An object expected on the backend is not there."""
 
     title = "Object missing"
+
+
+class DatabaseUnavailable(CasstoreError):
+    """The database failed (not a constraint: an operational error); raised only by db.py."""
+
+    title = "Database unavailable"
+
+
+class DatabaseFull(DatabaseUnavailable):
+    """The database cannot grow: its disk (or SQLite's max_page_count) is full."""
+
+    title = "Insufficient storage"

@@ -42,6 +42,10 @@ class AuditService:
         if cursor is not None:
             stmt = stmt.where(AuditEvent.id > cursor)
         with self.db.read() as session:
+            if cursor is not None and session.get(AuditEvent, cursor) is None:  # events are never removed
+                from ..errors import InvalidInput
+
+                raise InvalidInput(f"unknown cursor {cursor}: pass the next_cursor of a previous page")
             rows = list(session.scalars(stmt.order_by(AuditEvent.id).limit(limit + 1)))
         more = len(rows) > limit
         rows = rows[:limit]

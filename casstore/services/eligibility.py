@@ -20,6 +20,7 @@ from sqlmodel import Session
 from ..cas import BlobStore
 from ..db import Database
 from ..errors import Gone, InvalidInput, RetentionConflict
+from ..jsonvalues import check_name
 from ..models import Blob, FileEntry, Hold, Package, RetentionEvent, utcnow
 from . import audit
 from .lookup import load_package
@@ -111,6 +112,7 @@ class EligibilityService:
         """
         if not reason or not reason.strip():
             raise InvalidInput("deleting a package needs a reason")
+        check_name(reason, "reason")
         now = utcnow()
         with self.db.write() as session:
             package = load_package(session, package_id, lock=True, db=self.db)

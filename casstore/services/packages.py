@@ -20,11 +20,14 @@ from ulid import ULID
 from ..cas import BlobStore
 from ..db import Database
 from ..errors import DuplicateRun, InvalidInput, NotFound
+from ..jsonvalues import check_json, check_name
 from ..models import Blob, FileEntry, Package, utcnow
 from . import audit, manifest, retention
 from .lookup import load_open_package, load_package, require_open  # noqa: F401  (re-exported)
 
 MAX_METADATA_BYTES = 1 << 20
+MAX_METADATA_DEPTH = 32
+MAX_METADATA_MEMBERS = 10_000
 QUERY_FIELDS = ("producer", "run_id", "target_profile", "assessment_profile", "status", "retention_class")
 
 
@@ -49,7 +52,14 @@ class PackageService:
                retention_class: str | None = None, metadata: dict[str, Any] | None = None) -> Package:
         """Register a new package; DuplicateRun if a live package has this producer + run_id."""
         metadata = metadata or {}
-        if len(json.dumps(metadata)) > MAX_METADATA_BYTES:
+        for what, value in (("producer", producer), ("run_id", run_id), ("target_profile", target_profile),
+                            ("assessment_profile", assessment_profile), ("retention_class", retention_class)):
+            if value is not None:
+                check_name(value, what)
+        # Checked before anything is stored: a value the manifest could not serialize as JSON (NaN,
+        # a lone surrogate) would make every finalize of this package fail.
+        check_json(metadata, what="metadata", max_depth=MAX_METADATA_DEPTH, max_members=MAX_METADATA_MEMBERS)
+        if len(json.dumps(metadata, allow_nan=False, ensure_ascii=False).encode()) > MAX_METADATA_BYTES:
             raise InvalidInput(f"metadata is larger than {MAX_METADATA_BYTES} bytes of JSON")
         try:
             with self.db.write() as session:
@@ -98,6 +108,8 @@ class PackageService:
             stmt = stmt.where(Package.id < cursor)
         stmt = stmt.order_by(Package.id.desc()).limit(limit + 1)
         with self.db.read() as session:
+            if cursor and session.get(Package, cursor) is None:  # package rows are never removed
+                raise InvalidInput(f"unknown cursor {cursor[:64]!r}: pass the next_cursor of a previous page")
             rows = list(session.scalars(stmt))
         more = len(rows) > limit
         rows = rows[:limit]

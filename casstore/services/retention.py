@@ -24,6 +24,7 @@ from ulid import ULID
 
 from ..db import Database
 from ..errors import Gone, InvalidInput, NotFound, RetentionConflict
+from ..jsonvalues import check_name
 from ..models import Hold, Package, Producer, RetentionClass, RetentionEvent, utcnow
 from . import audit
 from .lookup import load_package
@@ -46,7 +47,15 @@ def _producer_default(session: Session, producer: str) -> str | None:
 
 def expiry(cls: RetentionClass, start: datetime) -> datetime | None:
     """When a package of this class started at ``start`` expires; None means never."""
-    return None if cls.days is None else start + timedelta(days=cls.days)
+    return None if cls.days is None else add_days(start, cls.days)
+
+
+def add_days(start: datetime, days: int) -> datetime:
+    """``start`` + ``days``, refused (InvalidInput) past year 9999 instead of overflowing."""
+    try:
+        return start + timedelta(days=days)
+    except OverflowError as exc:
+        raise InvalidInput(f"{iso(start)} plus {days} days is past the year 9999") from exc
 
 
 def later(a: datetime | None, b: datetime | None) -> datetime | None:
@@ -83,6 +92,9 @@ def _snapshot(package: Package) -> dict:
     return {"retention_class": package.retention_class, "expires_at": iso(package.expires_at)}
 
 
+MAX_CLASS_DAYS = 1000 * 365
+
+
 class RetentionService:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -95,8 +107,8 @@ class RetentionService:
 
     def set_class_days(self, name: str, days: int | None, *, actor: str, reason: str = "") -> RetentionClass:
         """Change a class's duration for packages created or finalized from now on (audited)."""
-        if days is not None and days < 0:
-            raise InvalidInput("days must be 0 or more (or none: never expires)")
+        if days is not None and not 0 <= days <= MAX_CLASS_DAYS:
+            raise InvalidInput(f"days must be 0 to {MAX_CLASS_DAYS} (or none: never expires)")
         with self.db.write() as session:
             cls = session.scalars(self.db.for_update(select(RetentionClass).where(RetentionClass.name == name))).first()
             if cls is None:
@@ -125,6 +137,7 @@ class RetentionService:
         """Move expiry later; RetentionConflict if the request would shorten it."""
         if sum(x is not None for x in (expires_at, days, retention_class)) != 1:
             raise InvalidInput("give exactly one of expires_at, days or retention_class")
+        check_name(reason, "reason")
         with self.db.write() as session:
             package = load_package(session, package_id, lock=True, db=self.db)
             if package.status == "deleted":
@@ -136,7 +149,7 @@ class RetentionService:
             elif days is not None:
                 if package.expires_at is None:
                     raise RetentionConflict(f"package {package_id} never expires; there is nothing to extend")
-                target = package.expires_at + timedelta(days=days)
+                target = add_days(package.expires_at, days)
             else:
                 cls = session.get(RetentionClass, retention_class)
                 if cls is None:
@@ -156,6 +169,7 @@ class RetentionService:
         return self.status(package_id)
 
     def place_hold(self, package_id: str, *, actor: str, reason: str) -> Hold:
+        check_name(reason, "reason")
         with self.db.write() as session:
             package = load_package(session, package_id, lock=True, db=self.db)
             if package.status == "deleted":
@@ -178,6 +192,7 @@ class RetentionService:
     def release_hold(self, package_id: str, hold_id: str, *, actor: str, reason: str) -> Hold:
         if not reason or not reason.strip():
             raise InvalidInput("releasing a hold needs a reason")
+        check_name(reason, "reason")
         with self.db.write() as session:
             load_package(session, package_id, lock=True, db=self.db)
             hold = session.scalars(self.db.for_update(select(Hold).where(Hold.id == hold_id,

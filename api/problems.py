@@ -107,5 +107,13 @@ class ProblemApi(Api):
         return problem(error.code or 500, error.name, detail, headers=headers, extra=extra)
 
 
+def handle_client_timeout(exc: TimeoutError) -> Response:
+    """The server gave up waiting for the client's body (serve --io-timeout): the client stalled."""
+    log.info("%s %s: the request body stalled: %s", request.method, request.path, exc)
+    return problem(408, "Request Timeout", "the request body stopped arriving; nothing was recorded",
+                   headers={"Connection": "close"})
+
+
 def register(app) -> None:
     app.register_error_handler(errors.CasstoreError, handle_casstore_error)
+    app.register_error_handler(TimeoutError, handle_client_timeout)

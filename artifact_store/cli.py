@@ -240,6 +240,7 @@ def gc(orphan_grace: str, as_json: bool) -> None:
     else:
         click.echo(f"removed {report.blobs_removed} blob(s), {_size(report.bytes_freed)}; "
                    f"{report.orphans_removed} orphan object(s), {_size(report.orphan_bytes_freed)}; "
+                   f"{report.stray_writes_removed} leftover(s) of killed uploads; "
                    f"{report.skipped} candidate(s) taken back by writers")
 
 

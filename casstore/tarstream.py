@@ -28,7 +28,12 @@ from .errors import InvalidInput
 BLOCK = 512
 READ = 1 << 16
 CHUNK = 1 << 20
-MAX_META = 1 << 20  # a pax header or a GNU long name larger than this is not a producer's
+# Limits that count every header, whatever its kind (file, folder, pax 'x'/'g', GNU 'L'/'K'): a
+# producer's batch needs a few headers per file; a hostile one must not make the server parse,
+# hold or loop over more than this. Over a limit: InvalidInput (422), nothing recorded.
+MAX_META = 1 << 20  # extended-header bytes (pax + GNU long names) before one member, all of them together
+MAX_BATCH_META = 16 << 20  # extended-header bytes in a whole stream
+MAX_HEADERS = 50_000  # header blocks in a whole stream (10,000 files with a pax header each, plus folders)
 FILE_TYPES = (b"0", b"\0", b"7")
 DIR_TYPE = b"5"
 ZERO_BLOCK = bytes(BLOCK)
@@ -57,15 +62,26 @@ class TarReader:
     def __iter__(self) -> Iterator[Member]:
         pax: dict[str, str] = {}
         long_name: str | None = None
+        headers = member_meta = batch_meta = 0
         while True:
             self._skip(self._left + self._pad)
             self._left = self._pad = 0
             header = self._exact(BLOCK, eof_ok=True)
             if header is None or header == ZERO_BLOCK:
                 return  # the end (what follows is padding; the caller may drain it)
+            headers += 1
+            if headers > MAX_HEADERS:
+                raise InvalidInput(f"a tar stream holds at most {MAX_HEADERS} headers (files, folders and "
+                                   "extended headers together)")
             _check_sum(header)
             kind, size = header[156:157], _number(header[124:136])
             if kind in (b"x", b"g", b"L", b"K"):
+                member_meta += size
+                batch_meta += size
+                if member_meta > MAX_META:
+                    raise InvalidInput(f"the extended headers of one tar member exceed {MAX_META} bytes")
+                if batch_meta > MAX_BATCH_META:
+                    raise InvalidInput(f"the extended headers of a tar stream exceed {MAX_BATCH_META} bytes")
                 data = self._meta(size)
                 if kind == b"x":
                     pax.update(_pax_records(data))
@@ -77,7 +93,7 @@ class TarReader:
                 size = _pax_size(pax["size"])
             self._left, self._pad = size, -size % BLOCK
             member = Member(name, size, kind == DIR_TYPE, pax)
-            pax, long_name = {}, None
+            pax, long_name, member_meta = {}, None, 0
             if kind not in FILE_TYPES and kind != DIR_TYPE:
                 raise InvalidInput(f"tar member {name[:200]!r} is not a regular file or folder")
             yield member

@@ -157,7 +157,9 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, env: dict, workers: int = 2, port: int | None = None, log_path: str | None = None) -> None:
+    def __init__(self, env: dict, workers: int = 2, port: int | None = None, log_path: str | None = None,
+                 args: tuple[str, ...] = ()) -> None:
+        self.args = args  # more options of `serve`
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **env, "ARTIFACT_STORE_PORT": str(self.port), "ARTIFACT_STORE_HOST": "127.0.0.1"}
@@ -168,7 +170,7 @@ class ServerProcess:
     def start(self, timeout: float = 30) -> "ServerProcess":
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "artifact_store.cli", "serve", "--workers", str(self.workers)],
+            [sys.executable, "-m", "artifact_store.cli", "serve", "--workers", str(self.workers), *self.args],
             env=self.env, stdout=log, stderr=log, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

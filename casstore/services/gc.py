@@ -5,7 +5,10 @@ two-phase, row-locked collect of collect.py, so an upload or attach racing with
 gc is settled in the database (the loser is told the blob is missing and
 uploads it again). Objects that no location names (an upload that died
 between placing its object or pack and committing) are removed once older
-than a grace period. One gc at a time, under a lease.
+than a grace period; so are what killed uploads leave behind (staging objects,
+obstore's temporary files, incomplete multipart uploads), once older than the
+staging grace - never younger, as an upload may still be writing them. One gc
+at a time, under a lease.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from ..storage import Storage
 from .lease import lease
 
 ORPHAN_GRACE = timedelta(hours=1)
+STAGING_GRACE = timedelta(hours=1)  # the same as verify's: a write this old is not in progress
 
 
 @dataclass
@@ -32,6 +36,7 @@ class GcReport:
     bytes_freed: int = 0
     orphans_removed: int = 0
     orphan_bytes_freed: int = 0
+    stray_writes_removed: int = 0
     skipped: int = 0  # candidates that a writer took back meanwhile
     removed: list[str] = field(default_factory=list)
 
@@ -60,7 +65,19 @@ class GcService:
                 if i % 500 == 499:
                     held.renew()
             self._sweep(report, actor, utcnow() - orphan_grace)
+            self._sweep_stray_writes(report, utcnow() - max(orphan_grace, STAGING_GRACE))
         return report
+
+    def _sweep_stray_writes(self, report: GcReport, cutoff) -> None:
+        """Remove staging objects and never-completed writes (killed uploads) older than ``cutoff``."""
+        for info in list(self.storage.list(layout.STAGING_PREFIX)):
+            if info.last_modified < cutoff:  # complete for that long and never promoted: its upload died
+                self.storage.delete(info.key)
+                report.stray_writes_removed += 1
+        for stray in self.storage.stray_writes():
+            if stray.started < cutoff:
+                self.storage.abort_stray(stray)
+                report.stray_writes_removed += 1
 
     def _sweep(self, report: GcReport, actor: str, cutoff) -> None:
         """Remove objects older than ``cutoff`` that no location names."""

@@ -10,9 +10,22 @@ from flask import Flask
 from werkzeug.routing import PathConverter
 
 from casstore.config import Settings
+from casstore.paths import MAX_PATH_BYTES
 from casstore.store import Store
 
-from . import audit, blobs, eligibility, files, guards, health, packages, problems, retention, retention_classes
+from . import (
+    audit,
+    blobs,
+    eligibility,
+    files,
+    guards,
+    health,
+    packages,
+    problems,
+    retention,
+    retention_classes,
+    schemas,
+)
 
 
 class AnyPathConverter(PathConverter):
@@ -43,6 +56,9 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.extensions["casstore"] = store = store or Store(settings)
     store.capabilities  # probe the backend's conditional writes now, not on the first request
     api = problems.ProblemApi(app, spec_kwargs={"info": {"description": DESCRIPTION}})
+    api.register_converter(AnyPathConverter, lambda _converter: {
+        "type": "string", "minLength": 1, "maxLength": MAX_PATH_BYTES, "pattern": schemas.PATH_PATTERN,
+        "description": "the logical path, percent-encoded (all but '/'); at most 1024 UTF-8 bytes"})
     app.extensions["openapi"] = api
     problems.register(app)
     guards.install(app)

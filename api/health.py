@@ -6,6 +6,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from . import context
+from .problems import problem
 from .schemas import HealthOut
 
 blp = Blueprint("health", __name__, url_prefix="/v1/health", description="Service health")
@@ -14,8 +15,14 @@ blp = Blueprint("health", __name__, url_prefix="/v1/health", description="Servic
 @blp.route("")
 class Health(MethodView):
     @blp.response(200, HealthOut)
-    @blp.alt_response(503, schema=HealthOut, description="the database or the backend is down")
     def get(self):
-        """Probe the database (SELECT 1) and the backend (write, read, delete one object)."""
+        """Probe the database (SELECT 1) and the backend (write, read, delete one object).
+
+        503 when either is down: a problem+json whose database and storage members are the report.
+        """
         report = context.store().health.check()
-        return report, (200 if report["status"] == "ok" else 503)
+        if report["status"] == "ok":
+            return report
+        down = [part for part in ("database", "storage") if report[part]["status"] != "ok"]
+        return problem(503, "Service Unavailable", f"{' and '.join(down)} down",
+                       extra={"database": report["database"], "storage": report["storage"]})

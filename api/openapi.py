@@ -12,6 +12,10 @@ documented without doing anything:
 * every change (POST, PUT, DELETE): 507 (the database is full);
 * CONFLICTS below: 409; file downloads: 304 and 416.
 
+It also links the package a create answers to every operation on that package
+(OpenAPI links), so a client generator - or schemathesis' stateful phase - can
+follow an id from one call to the next.
+
 Regenerate the committed copy after changing an endpoint::
 
     python -m api.openapi > docs/openapi.json
@@ -83,7 +87,26 @@ def document(api) -> dict:
             for status in sorted(_statuses(method, path, operation, shared)):
                 responses.setdefault(str(status), _response(status))
             operation["responses"] = dict(sorted(responses.items()))
+    _link_created_package(spec)
     return spec
+
+
+def _link_created_package(spec: dict) -> None:
+    created = spec.get("paths", {}).get("/v1/packages", {}).get("post", {}).get("responses", {}).get("201")
+    if created is None:
+        return
+    links = {}
+    for path, item in spec["paths"].items():
+        if not path.startswith("/v1/packages/{package_id}"):
+            continue
+        for method in METHODS:
+            if method in item:
+                pointer = path.replace("~", "~0").replace("/", "~1")
+                rest = path.replace("/v1/packages/{package_id}", "").replace("{", "").replace("}", "")
+                name = (method + rest.replace("/", "_")).rstrip("_")
+                links[name] = {"operationRef": f"#/paths/{pointer}/{method}",
+                               "parameters": {"package_id": "$response.body#/id"}}
+    created["links"] = links
 
 
 def main() -> None:

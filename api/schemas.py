@@ -21,6 +21,18 @@ MAX_LIST = 10_000  # digests per /v1/blobs/missing, files per attach
 MAX_AUDIT_ID = 2 ** 63 - 1  # the largest id a BIGINT (and SQLite's INTEGER) holds
 
 
+# The characters a name may not hold, as a JSON Schema pattern (ECMA-262) the spec publishes; lone
+# surrogates, which a pattern cannot name portably, are refused by Printable below.
+NOT_PRINTABLE = "\\x00-\\x1f\\x7f-\\x9f\\u061c\\u200e\\u200f\\u202a-\\u202e\\u2066-\\u2069"
+NAME_PATTERN = f"^[^{NOT_PRINTABLE}]*$"
+# A logical path (casstore/paths.py) as a pattern: segments that are not '.' or '..', no empty
+# segment, no leading '/', no backslash or control character. Byte lengths are checked by the service.
+_SEGMENT_CHAR = f"[^/\\\\{NOT_PRINTABLE}]"
+_NO_DOT = f"[^./\\\\{NOT_PRINTABLE}]"
+_SEGMENT = f"(?:{_NO_DOT}{_SEGMENT_CHAR}*|\\.{_NO_DOT}{_SEGMENT_CHAR}*|\\.\\.{_SEGMENT_CHAR}+)"
+PATH_PATTERN = f"^{_SEGMENT}(?:/{_SEGMENT})*$"
+
+
 class Printable(validate.Validator):
     """No control, lone surrogate or bidirectional formatting character (names end up in audit trails)."""
 
@@ -34,7 +46,8 @@ class Printable(validate.Validator):
 
 
 def name(max_len: int = 256) -> list:
-    return [validate.Length(min=1, max=max_len), Printable()]
+    return [validate.Length(min=1, max=max_len), Printable(),
+            validate.Regexp(NAME_PATTERN, error="must not contain control or bidirectional formatting characters")]
 
 
 NAME = name()
@@ -46,13 +59,23 @@ class Strict(Schema):
         unknown = RAISE
 
 
+class JsonBool(fields.Boolean):
+    """true or false, nothing else: marshmallow's Boolean also takes 1, "yes", "on" - fine in a query, not in JSON."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise ValidationError("not a boolean (true or false)")
+        return value
+
+
 class Time(fields.DateTime):
     """Answers write times as RFC 3339 UTC with microseconds and a 'Z' (documented as date-time)."""
 
     def _serialize(self, value, attr, obj, **kwargs):
         if value is None:
             return None
-        return value.astimezone(timezone.utc).strftime(TIME_FORMAT)
+        # isoformat, not strftime: strftime writes year 256 as '256', which is not RFC 3339
+        return value.astimezone(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 class UtcTime(fields.AwareDateTime):
@@ -143,14 +166,15 @@ class UploadQuery(Strict):
 
 
 class AttachItem(Strict):
-    path = fields.String(required=True)
+    path = fields.String(required=True, validate=[validate.Length(min=1, max=MAX_PATH_BYTES),
+                                                  validate.Regexp(PATH_PATTERN, error="not a logical path")])
     sha256 = fields.String(required=True, validate=SHA256_HEX)
     media_type = fields.String(validate=validate.Length(min=1, max=255), allow_none=True)
 
 
 class AttachRequest(Strict):
     files = fields.List(fields.Nested(AttachItem), required=True, validate=validate.Length(min=1, max=MAX_LIST))
-    replace = fields.Boolean(load_default=False)
+    replace = JsonBool(load_default=False)
 
 
 class AttachResult(Schema):

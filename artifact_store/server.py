@@ -296,6 +296,9 @@ def run(settings: Settings, *, workers: int = 2, threads: int = 8, header_timeou
         "timeout": 120,
         "graceful_timeout": 30,
         "keepalive": int(keepalive),  # gunicorn takes whole seconds
+        # No request-line limit of gunicorn's own (its 4094 bytes refused a legal 1024-byte path once
+        # percent-encoded): the whole head is capped at MAX_HEAD by GuardedWorker before parsing.
+        "limit_request_line": 0,
         "header_timeout": header_timeout,  # read by GuardedWorker, not a gunicorn setting
         "io_timeout": io_timeout,
         "errorlog": "-",

@@ -7,7 +7,8 @@ package is restored onto a real filesystem:
 
 * non-empty, at most 1024 UTF-8 bytes, each segment at most 255 bytes;
 * no leading '/', no empty segments ('a//b', trailing '/'), no '.' or '..';
-* no backslash (ambiguous on Windows), no NUL or other control characters;
+* no backslash (ambiguous on Windows), no NUL or other control characters, no
+  bidirectional formatting characters (U+202E makes 'gpj.exe' display as 'exe.jpg');
 * at most 64 segments.
 
 Everything else (spaces, %, #, ?, &, +, quotes, ';', '~', brackets, leading
@@ -25,8 +26,8 @@ MAX_SEGMENT_BYTES = 255
 MAX_DEPTH = 64
 
 
-# Backslash and Unicode category Cc (exactly U+0000-U+001F and U+007F-U+009F).
-_BAD_CHAR = re.compile(r"[\\\x00-\x1f\x7f-\x9f]")
+# Backslash, Unicode category Cc (exactly U+0000-U+001F and U+007F-U+009F), bidi formatting characters.
+_BAD_CHAR = re.compile("[\\\\\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def validate_path(path: object) -> str:
@@ -42,7 +43,7 @@ def validate_path(path: object) -> str:
     if path.startswith("/"):
         raise InvalidPath("a logical path is relative: no leading '/'")
     if _BAD_CHAR.search(path):
-        raise InvalidPath("a logical path has no backslash, NUL or control characters")
+        raise InvalidPath("a logical path has no backslash, NUL, control or bidirectional formatting characters")
     segments = path.split("/")
     if len(segments) > MAX_DEPTH:
         raise InvalidPath(f"a logical path has at most {MAX_DEPTH} segments")

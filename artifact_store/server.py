@@ -69,8 +69,15 @@ def problem_bytes(status: int, title: str, detail: str, close: bool = True) -> b
     return head.encode("latin-1") + body
 
 
+def head_end(buf: bytes | bytearray, start: int = 0) -> int:
+    """Where the request head ends in ``buf``, looking from ``start`` (-1: not yet)."""
+    start = max(start, 0)
+    ends = [i for i in (buf.find(b"\r\n\r\n", start), buf.find(b"\n\n", start)) if i >= 0]
+    return min(ends) if ends else -1
+
+
 def head_complete(buf: bytes | bytearray) -> bool:
-    return b"\r\n\r\n" in buf or b"\n\n" in buf
+    return head_end(buf) >= 0
 
 
 class PacedSocket:
@@ -134,15 +141,17 @@ class GuardedWorker(ThreadWorker):
         if not data:
             return self._drop(conn)
         conn.head += data
-        if head_complete(conn.head):
-            self._unwatch(conn)
-            conn.data_ready = True
-            super().enqueue_req(conn)
-        elif len(conn.head) > MAX_HEAD:
-            line_too_long = b"\n" not in conn.head
+        end = head_end(conn.head, len(conn.head) - len(data) - 3)  # only the new bytes: O(n) for a trickle
+        if (end if end >= 0 else len(conn.head)) > MAX_HEAD:
+            line_end = conn.head.find(b"\n")
+            line_too_long = line_end < 0 or line_end > MAX_HEAD
             self._refuse(conn, 414 if line_too_long else 431,
                          "URI Too Long" if line_too_long else "Request Header Fields Too Large",
                          f"the request {'line' if line_too_long else 'head'} is longer than {MAX_HEAD} bytes")
+        elif end >= 0:
+            self._unwatch(conn)
+            conn.data_ready = True
+            super().enqueue_req(conn)
 
     def murder_pending(self) -> None:
         super().murder_pending()

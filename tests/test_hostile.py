@@ -280,6 +280,25 @@ def test_two_million_keys_are_413_before_parsing(srv, db):
             headers={"Content-Type": "application/json"})
 
 
+@pytest.mark.parametrize("body", [
+    b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",  # a chunk size that is not hex
+    b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}XX0\r\n\r\n",  # a chunk without its CRLF
+    b'Content-Length: 100\r\n\r\n{"producer": "cut"}',  # valid JSON, but shorter than announced
+], ids=["chunk-size", "chunk-terminator", "short-body"])
+def test_malformed_or_truncated_json_bodies_are_400(srv, db, body):
+    before = counts(db)
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+        s.sendall(b"POST /v1/packages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + body)
+        s.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    problem = parse_problem(answer, 400)
+    assert "nothing was recorded" in problem["detail"] or "malformed" in problem["detail"]
+    assert counts(db) == before
+    alive(srv.url)
+
+
 def test_malformed_json_is_400(srv, db):
     refused(srv, db, 400, "POST", "/v1/packages", data=b'{"producer": ', headers={"Content-Type": "application/json"})
 
@@ -304,9 +323,16 @@ def test_control_and_bidi_characters_in_names_are_422(srv, db, field, value):
     assert field in problem["errors"]["json"]
 
 
+@pytest.mark.parametrize("field", ["producer", "run_id", "target_profile"])
+def test_lone_surrogates_in_names_are_422(srv, db, field):
+    problem = refused(srv, db, 422, "POST", "/v1/packages", json={"producer": "p", field: "x\ud800"})
+    assert "lone surrogate" in problem["detail"]
+
+
 def test_control_characters_in_reasons_are_422(srv, db):
     pkg = new_package(srv.url)
     refused(srv, db, 422, "POST", f"/v1/packages/{pkg}/holds", json={"reason": "legal\u202e"})
+    refused(srv, db, 422, "POST", f"/v1/packages/{pkg}/holds", json={"reason": "lone \udc00"})
     refused(srv, db, 422, "POST", f"/v1/packages/{pkg}/retention/extend", json={"days": 1, "reason": "x\x07"})
     refused(srv, db, 422, "DELETE", f"/v1/packages/{pkg}", params={"reason": "x\x1b"})
     refused(srv, db, 422, "POST", "/v1/packages", json={"producer": "p"},

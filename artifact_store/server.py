@@ -294,8 +294,20 @@ class _Server(BaseApplication):
         return create_app(self.settings)
 
 
+def _raise_open_files_limit(wanted: int) -> None:
+    """Lift the soft limit on open files toward ``wanted`` (within the hard limit): with the
+    usual soft limit of 1024, accept() fails with EMFILE long before max-connections is reached."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 def run(settings: Settings, *, workers: int = 2, threads: int = 8, header_timeout: float = 10.0,
         io_timeout: float = 30.0, keepalive: int = 15, max_connections: int = 4096) -> None:
+    _raise_open_files_limit(workers * (max_connections + 64) + 64)
     _Server(settings, {
         "bind": f"{settings.host}:{settings.port}",
         "workers": workers,

@@ -43,29 +43,44 @@ def _refuse_constant(name: str):
     raise InvalidInput(f"{name} is not a JSON number (RFC 8259)")
 
 
-def check_json(value, *, what: str, max_depth: int, max_members: int) -> None:
-    """Refuse NaN/Infinity, lone surrogates, nesting over ``max_depth`` and more than ``max_members``
-    members (object keys plus array items, counted over the whole document). Iterative: no recursion
-    limit to hit."""
+def check_json(value, *, what: str, max_depth: int, max_members: int, max_items: int | None = None) -> None:
+    """Refuse NaN/Infinity, lone surrogates, nesting over ``max_depth``, more than ``max_members``
+    members (object keys plus array items, counted over the whole document) and arrays or objects
+    of more than ``max_items``. Iterative (no recursion
+    limit to hit) and counting each container before looking inside it (no copy of a huge one)."""
+    if not isinstance(value, (dict, list)):
+        return _check_scalar(value, what)
     members, stack = 0, [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, dict):
-            children = list(item.items())
-        elif isinstance(item, list):
-            children = [(None, v) for v in item]
-        else:
-            _check_scalar(item, what)
-            continue
         if depth > max_depth:
             raise InvalidInput(f"{what} is nested deeper than {max_depth} levels", field=what)
-        members += len(children)
+        if max_items is not None and len(item) > max_items:
+            raise InvalidInput(f"{what} holds an array or object of more than {max_items} items", field=what)
+        members += len(item)
         if members > max_members:
             raise InvalidInput(f"{what} has more than {max_members} members (keys and items)", field=what)
-        for key, child in children:
-            if key is not None:
+        if isinstance(item, dict):
+            for key in item:
                 _check_scalar(key, what)
-            stack.append((child, depth + 1))
+            children = item.values()
+        else:
+            children = item
+        for child in children:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+            else:
+                _check_scalar(child, what)
+
+
+def count_members(data: bytes) -> int:
+    """About how many members a JSON text holds, without parsing it: its commas outside strings,
+    plus one (exact for a flat object or array; a little under for nested ones). Lets a body with a million tiny members be refused before json.loads
+    builds a million objects (3.7 MiB of '0,' cost 157 MiB parsed)."""
+    return _STRINGS.sub(b"", data).count(b",") + 1
+
+
+_STRINGS = re.compile(rb'"(?:[^"\\\\]|\\\\.)*"')
 
 
 def _check_scalar(item, what: str) -> None:

@@ -75,8 +75,9 @@ def check_json(value, *, what: str, max_depth: int, max_members: int, max_items:
 
 def count_members(data: bytes) -> int:
     """About how many members a JSON text holds, without parsing it: its commas outside strings,
-    plus one (exact for a flat object or array; a little under for nested ones). Lets a body with a million tiny members be refused before json.loads
-    builds a million objects (3.7 MiB of '0,' cost 157 MiB parsed)."""
+    plus one (exact for a flat object or array; a little under for nested ones). Lets a body
+    with a million tiny members be refused before json.loads builds a million objects (3.7 MiB
+    of '0,' cost 157 MiB parsed)."""
     return _STRINGS.sub(b"", data).count(b",") + 1
 
 

@@ -153,7 +153,9 @@ class FileEntryOut(Schema):
 
 class FileQuery(Strict):
     limit = fields.Integer(load_default=1000, validate=validate.Range(min=1, max=10000))
-    cursor = fields.String(validate=validate.Length(max=MAX_PATH_BYTES * 4))
+    cursor = fields.String(validate=[validate.Length(min=1, max=MAX_PATH_BYTES),
+                                     validate.Regexp(PATH_PATTERN, error="not a cursor this API handed out")],
+                           metadata={"description": "next_cursor of the previous page (a logical path)"})
 
 
 class FilePage(Schema):

@@ -8,7 +8,9 @@ The HTTP layer maps each branch to one status, in one place (api/problems.py)::
     ├── InvalidInput              422: the request is malformed; nothing was changed
     │   ├── InvalidPath           a logical path breaks the path rules (paths.py)
     │   ├── InvalidDigest         a digest is not 64 lowercase hex (or sha256:/base64 forms)
-    │   └── DigestMismatch        the bytes received do not hash to the digest the client sent
+    │   ├── DigestMismatch        the bytes received do not hash to the digest the client sent
+    │   └── IncompleteBody        400: the body ended before its Content-Length, or its chunked
+    │                             encoding broke off (raised by body.RequestBody)
     ├── Conflict                  409: the request is valid but the current state forbids it
     │   ├── PathExists            the logical path is already in the package (and replace was not asked)
     │   ├── PackageImmutable      the package is finalized, deleted or failed
@@ -74,6 +76,13 @@ class DigestMismatch(InvalidInput):
     """The bytes received hash to something else than the digest the client announced."""
 
     title = "Digest mismatch"
+
+
+class IncompleteBody(InvalidInput):
+    """The request body is not all there: it ended before the length its Content-Length
+    announced, or its chunked encoding was cut off or malformed. Nothing was recorded."""
+
+    title = "Incomplete body"
 
 
 class Conflict(CasstoreError):

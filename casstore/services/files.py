@@ -123,8 +123,8 @@ class FileService:
         with BlobWriter(self.blobs, actor) as writer:
             staged = writer.add_stream(body, expected_sha256=expected_sha256, expected_size=expected_size)
             entry = Entry(path, staged.sha256, staged.size, media)
-            changed = self._record(writer, package_id, [entry], replace, "package.file_uploaded")
-        return entry, bool(changed)
+            [entry], changed = self._record(writer, package_id, [entry], replace, "package.file_uploaded")
+        return entry, changed
 
     def put_tar(self, package_id: str, stream: IO[bytes], *, actor: str, replace: bool = False,
                 expected_sha256: str | None = None) -> list[Entry]:
@@ -165,7 +165,7 @@ class FileService:
                 raise DigestMismatch(f"the tar body hashes to sha256:{received}, "
                                      f"not the sha256:{expected_sha256} announced",
                                      received_sha256=received, expected_sha256=expected_sha256)
-            self._record(writer, package_id, entries, replace, "package.files_uploaded")
+            entries, _ = self._record(writer, package_id, entries, replace, "package.files_uploaded")
         return entries
 
     def attach(self, package_id: str, items: list[dict], *, actor: str,
@@ -186,12 +186,13 @@ class FileService:
             if changes:
                 self._apply(tx.session, package, changes, replaced, _reference_changes(changes, replaced),
                             actor, "package.files_attached")
-        return found, missing
+        return _as_recorded(found, existing), missing
 
     def _record(self, writer: BlobWriter, package_id: str, entries: list[Entry], replace: bool,
-                action: str) -> list[Entry]:
-        """Commit the writer's blobs and these entries in one transaction; returns the entries that
-        changed anything (an entry already holding the same bytes is left as it is)."""
+                action: str) -> tuple[list[Entry], bool]:
+        """Commit the writer's blobs and these entries in one transaction; returns the entries as
+        recorded, and whether anything changed (an entry already holding the same bytes is a retry:
+        it is left as it is, and comes back as it was recorded the first time)."""
         with writer.commit() as tx:
             package = load_open_package(tx.session, self.db, package_id)
             existing = _existing(tx.session, package.id, [e.path for e in entries])
@@ -202,7 +203,7 @@ class FileService:
                 refs.pop(digest, None)
             if changes:
                 self._apply(tx.session, package, changes, replaced, refs, writer.actor, action)
-        return changes
+        return _as_recorded(entries, existing), bool(changes)
 
     def _apply(self, session: Session, package: Package, entries: list[Entry],
                existing: dict[str, Entry], refs: dict[str, int], actor: str, action: str) -> list[Entry]:
@@ -312,6 +313,11 @@ def _changes(package_id: str, entries: list[Entry], existing: dict[str, Entry],
         raise PathExists(f"{len(replaced)} path(s) already in package {package_id} with other bytes",
                          paths=sorted(replaced)[:100])
     return changes, replaced
+
+
+def _as_recorded(entries: list[Entry], existing: dict[str, Entry]) -> list[Entry]:
+    """Each entry as the package now holds it: a retried one as it was first recorded."""
+    return [existing[e.path] if _same(existing.get(e.path), e) else e for e in entries]
 
 
 def _same(old: Entry | None, new: Entry) -> bool:

@@ -18,8 +18,18 @@ The HTTP layer maps each branch to one status, in one place (api/problems.py)::
     │   ├── RetentionConflict     a retention change would shorten expiry, or deletion is not allowed
     │   └── LeaseHeld             background work is already running elsewhere
     ├── RangeNotSatisfiable       416: a byte range outside the file
-    └── StorageError              503: the storage backend failed (raised only by storage.py)
-        └── ObjectMissing         an object the caller expected is not on the backend
+    └── StorageError              503: the storage backend failed (storage.py maps every obstore and OS
+        │                         error to it), or a claim could not hold its rows against gc (cas.py)
+        └── ObjectMissing         an object the caller expected is not on the backend (storage.py),
+                                  or a blob has no recorded location or could not be placed (cas.py),
+                                  or a pack to read is gone (packs.py)
+
+Who raises the others: NotFound/Gone/Conflict and its branches the services
+(lookup.py, packages.py, files.py, retention.py, eligibility.py, lease.py);
+InvalidInput and its branches the validators they call (paths.py, digests.py,
+tarstream.py) and the blob writer (writer.py: DigestMismatch,
+IncompleteBody for a short stream); IncompleteBody first of all body.py, the
+reader of request bodies; RangeNotSatisfiable files.py.
 
 Each class carries a human ``detail`` and optional ``extra`` fields that the
 problem+json body includes (for example the missing digests, or the existing
@@ -128,7 +138,7 @@ class RangeNotSatisfiable(CasstoreError):
 
 
 class StorageError(CasstoreError):
-    """The storage backend failed; raised only at the storage adapter boundary."""
+    """The storage backend failed (mapped at the adapter boundary), or a claim gave up on its rows."""
 
     title = "Storage unavailable"
 

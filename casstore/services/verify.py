@@ -202,14 +202,14 @@ class VerifyService:
     def _check_unknown_objects(self, rows: dict[str, BlobAt], report: Report) -> None:
         named = {row.key for row in rows.values()}
         recent = utcnow() - PACK_SWEEP_AGE
-        for prefix in (layout.BLOB_PREFIX, layout.PACK_PREFIX):
+        for prefix in (layout.KeyKind.BLOB, layout.KeyKind.PACK):
             for info in self.storage.list(prefix):
                 if info.key not in named:
                     made = layout.pack_key_time(info.key)
                     kind = "pack-active" if made is not None and made > recent else "orphan-object"
                     report.findings.append(Finding(kind, info.key, f"{info.size} bytes, no location"))
         stale_before = utcnow() - STAGING_GRACE
-        for info in self.storage.list(layout.STAGING_PREFIX):
+        for info in self.storage.list(layout.KeyKind.STAGING):
             made = layout.staging_key_time(info.key) or info.last_modified
             kind = "staging-object" if made < stale_before else "staging-active"
             report.findings.append(Finding(kind, info.key, f"{info.size} bytes, started {made.isoformat()}"))
@@ -248,7 +248,7 @@ class VerifyService:
         temporary files older than ``older_than``; returns what was removed."""
         cutoff: datetime = utcnow() - older_than
         removed = []
-        for info in list(self.storage.list(layout.STAGING_PREFIX)):
+        for info in list(self.storage.list(layout.KeyKind.STAGING)):
             made = layout.staging_key_time(info.key) or info.last_modified
             if made < cutoff:
                 self.storage.delete(info.key)

@@ -27,7 +27,7 @@ def served(tmp_path_factory):
     """A real `artifact-store serve` over SQLite and a local folder, and a Store on the same files."""
     root = tmp_path_factory.mktemp("served")
     env = {"ARTIFACT_STORE_DATA_DIR": str(root)}
-    server = ServerProcess(env, workers=1, log_path=str(root / "server.log")).start()
+    server = ServerProcess(env, workers=2, log_path=str(root / "server.log")).start()
     store = Store(Settings.from_env(env))
     yield server, store
     server.stop()
@@ -224,30 +224,39 @@ def test_concurrent_finalizes_all_answer_200_with_one_manifest_digest(server, st
     assert report.ok, [f.line() for f in report.findings]
 
 
-def test_same_new_bytes_by_put_and_tar_at_once_leave_verify_clean(server, store):
-    """A PUT and a tar batch (and two tar batches) racing with the same new small bytes."""
-    rounds = 40
+@pytest.mark.parametrize("where", ["threads", "processes"])
+def test_same_new_bytes_by_put_and_tar_at_once_leave_verify_clean(request, where):
+    """A PUT and a tar batch (and two tar batches) racing with the same new small bytes, on one
+    process's threads (the in-process server) or across two gunicorn workers."""
+    if where == "threads":
+        url, store = request.getfixturevalue("server").url, request.getfixturevalue("store")
+    else:
+        served = request.getfixturevalue("served")
+        url, store = served[0].url, served[1]
+
+    def create(run_id):
+        response = requests.post(f"{url}/v1/packages", json={"producer": "test", "run_id": run_id}, timeout=30)
+        assert response.status_code == 201, response.text
+        return response.json()["id"]
 
     def put(pkg, files):
         with requests.Session() as http:
             for path, data in files.items():
-                r = http.put(server.file_url(pkg, path), data=data)
+                r = http.put(f"{url}/v1/packages/{pkg}/files/{path}", data=data)
                 assert r.status_code == 201, r.text
 
     def tar(pkg, files):
         with requests.Session() as http:
-            r = http.post(f"{server.url}/v1/packages/{pkg}/tar", data=make_tar(files))
+            r = http.post(f"{url}/v1/packages/{pkg}/tar", data=make_tar(files))
             assert r.status_code == 201, r.text
 
     with ThreadPoolExecutor(6) as pool:
-        for i in range(rounds):
+        for i in range(40):
             shared = {f"s/{j}.log": os.urandom(200 + j) for j in range(6)}
-            pkgs = [server.create(run_id=f"race-{i}-{k}")["id"] for k in range(3)]
-            futures = [pool.submit(put, pkgs[0], shared), pool.submit(tar, pkgs[1], shared),
-                       pool.submit(tar, pkgs[2], shared)]
-            for f in futures:
+            pkgs = [create(f"race-{where}-{i}-{k}") for k in range(3)]
+            for f in [pool.submit(put, pkgs[0], shared), pool.submit(tar, pkgs[1], shared),
+                      pool.submit(tar, pkgs[2], shared)]:
                 f.result()
     report = store.verify.run(deep=True)
     assert report.ok, [f.line() for f in report.findings][:20]
-    loose_or_packed = remaining_keys(store.storage)
-    assert not [k for k in loose_or_packed if k.startswith("staging/")]
+    assert not [k for k in remaining_keys(store.storage) if k.startswith("staging/")]

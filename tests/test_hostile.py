@@ -86,10 +86,11 @@ def warm_up(url: str) -> None:
 
 
 def alive(url: str) -> None:
-    """The server still answers an ordinary request, quickly."""
+    """The server still answers an ordinary request, promptly (a held thread would make it wait
+    for a timeout, or forever; the 1 s p99 target itself is bench/slow_clients.py's to measure)."""
     started = time.monotonic()
-    response = requests.get(f"{url}/v1/retention-classes", timeout=5)
-    assert response.status_code == 200 and time.monotonic() - started < 1.0
+    response = requests.get(f"{url}/v1/retention-classes", timeout=10)
+    assert response.status_code == 200 and time.monotonic() - started < 3.0
 
 
 def new_package(url: str, **body) -> str:

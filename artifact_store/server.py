@@ -22,7 +22,9 @@ once GRACE seconds have passed. A stalled upload or a download nobody reads
 therefore frees its thread within ``io_timeout``.
 
 Alternatives measured with bench/slow_clients.py and bench/ingest_api.py are
-in docs/operations.md. Every answer the server gives before the application
+in docs/operations.md (waitress: ingest 2x slower, every body spooled to a file,
+and its select() loop died past 1,024 connections; stock gthread: every other
+request timed out). Every answer the server gives before the application
 sees the request (400, 408, 414, 431, 501) is application/problem+json.
 """
 

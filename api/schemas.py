@@ -18,7 +18,7 @@ SHA256_HEX = validate.Regexp(r"^(sha256:)?[0-9a-fA-F]{64}$", error="not a SHA-25
 PACKAGE_ID = r"^pkg_[0-9A-HJKMNP-TV-Z]{26}$"
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 MAX_LIST = 10_000  # digests per /v1/blobs/missing, files per attach
-MAX_AUDIT_ID = 2 ** 63 - 1  # the largest id a BIGINT (and SQLite's INTEGER) holds
+MAX_AUDIT_ID = 2 ** 31 - 1  # audit_event.id is INTEGER: int4 on PostgreSQL
 
 
 # The characters a name may not hold, as a JSON Schema pattern (ECMA-262) the spec publishes; lone

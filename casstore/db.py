@@ -28,10 +28,10 @@ from contextlib import contextmanager, nullcontext
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError
 from sqlmodel import Session
 
-from .errors import DatabaseFull, DatabaseUnavailable
+from .errors import DatabaseFull, DatabaseUnavailable, InvalidInput
 
 MIGRATIONS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "migrations")
 
@@ -158,10 +158,14 @@ class Database:
 def _operational_errors() -> Iterator[None]:
     """The database's operational failures as casstore errors (503, or 507 when it is full).
 
-    Constraint violations (IntegrityError) pass through: services turn them into conflicts.
+    Constraint violations (IntegrityError) pass through: services turn them into conflicts. A
+    value the database cannot store (DataError: an integer past its column, say) is the client's
+    (422) - a safety net under the API's own validation, which should have refused it first.
     """
     try:
         yield
+    except DataError as exc:
+        raise InvalidInput("a value is out of the range the database stores") from exc
     except OperationalError as exc:
         text = str(exc.orig or exc).lower()
         if "full" in text or "no space left" in text:

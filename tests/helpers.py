@@ -330,8 +330,9 @@ def remaining_keys(storage, folders: bool = False) -> list[str]:
     multipart uploads, obstore's local temporaries) and, locally with ``folders``, empty folders
     (obstore leaves the folders of deleted objects)."""
     keys = [info.key for info in storage.list("")]
-    keys += [f"(incomplete) {stray.key}" for stray in storage.stray_writes()]
     root = getattr(storage, "root", None)
+    if not root:  # locally the walk below shows obstore's temporaries themselves
+        keys += [f"(incomplete) {stray.key}" for stray in storage.stray_writes()]
     if root:
         for dirpath, dirs, files in os.walk(root):
             for name in files:

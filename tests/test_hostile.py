@@ -490,7 +490,7 @@ def test_storage_failure_is_503_without_keys_or_os_errors(server, store, tmp_pat
 def test_gc_sweeps_leftovers_of_killed_uploads_after_the_grace(store):
     old, new = "blobs/aa/old-upload", "blobs/bb/new-upload"
     assert leave_stray_write(store.storage, old) and leave_stray_write(store.storage, new)
-    stale = time.time() - 2 * 3600
+    stale = time.time() - 2 * 86400  # past the staging grace (a day)
     os.utime(os.path.join(store.storage.root, old + "#1"), (stale, stale))
     report = store.gc.run(actor="test")
     assert report.stray_writes_removed == 1

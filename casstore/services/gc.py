@@ -27,7 +27,10 @@ from ..storage import Storage
 from .lease import lease
 
 ORPHAN_GRACE = timedelta(hours=1)
-STAGING_GRACE = timedelta(hours=1)  # the same as verify's: a write this old is not in progress
+# A write started this long ago is not in progress any more (the age docs/operations.md gives
+# `verify --repair-staging`): an S3 multipart upload's age counts from its start, and a very
+# large upload on a slow link can run for hours.
+STAGING_GRACE = timedelta(days=1)
 
 
 @dataclass

@@ -45,8 +45,9 @@ from dataclasses import dataclass, field
 
 from sqlmodel import Session
 
-from . import layout, packs
+from . import chunking, layout, packs
 from .cas import SMALL_BLOB, BlobRow, BlobStore, StagedBlob
+from .chunks import ChunkedBytes
 from .collect import BlobCollector
 from .digests import Hasher, digest_bytes
 from .errors import DigestMismatch, IncompleteBody, InvalidInput
@@ -60,6 +61,7 @@ class Placement:
 
     loose: list[StagedBlob] = field(default_factory=list)
     packs: list[str] = field(default_factory=list)
+    chunk_packs: list[str] = field(default_factory=list)
 
 
 class Transaction:
@@ -104,7 +106,11 @@ class BlobWriter:
         head, ended = _read_upto(it, small_limit)
         if ended:
             return self.add_bytes(head, expected_sha256, expected_size)
-        staged = self._stage_large(_prepend(head, it), size_hint or expected_size)
+        size = size_hint or expected_size
+        if size is None or size > chunking.THRESHOLD:  # a large file (or one of unknown size): chunks
+            staged = self._stage_chunked(_prepend(head, it))
+        else:
+            staged = self._stage_large(_prepend(head, it), size)
         return self._checked(staged, expected_sha256, expected_size)
 
     def add_bytes(self, data: bytes, expected_sha256: str | None = None,
@@ -119,6 +125,28 @@ class BlobWriter:
         self.staged.append(staged)  # from now on cancel removes the staging object, whatever happens
         hasher = Hasher()
         self.blobs.storage.put_stream(staged.staging_key, _hashed(chunks, hasher), size_hint=size_hint)
+        staged.digests = hasher.result()
+        return staged
+
+    def _stage_chunked(self, chunks: Iterator[bytes]) -> StagedBlob:
+        """Cut the stream into chunks while hashing the whole; write only the chunks the store
+        lacks, back to back into one chunk pack of this writer (no pack if there are none).
+
+        Nothing is staged whole: the pack is the chunks' final place, recorded (or not) by the
+        claim. A chunk the store holds ('present', with references) is skipped as it goes by.
+        """
+        c = ChunkedBytes(chunking.CHUNKER)
+        staged = StagedBlob(None, chunked=c)  # type: ignore[arg-type]
+        self.staged.append(staged)
+        hasher = Hasher()
+        with self.blobs.chunks.hints() as hints:
+            new_bytes = _new_chunks(chunking.IterReader(_hashed(chunks, hasher)), c, hints)
+            first = next(new_bytes, None)
+            if first is not None:
+                c.pack_key = layout.new_chunk_pack_key()
+                self._placement.chunk_packs.append(c.pack_key)  # before the write: cancel removes a half pack
+                trailer = _lazy(lambda: packs.trailer(c.index, packs.CHUNK_FORMAT))
+                self.blobs.storage.put_stream(c.pack_key, _chain(first, new_bytes, trailer))
         staged.digests = hasher.result()
         return staged
 
@@ -155,7 +183,8 @@ class BlobWriter:
         """Take back everything: staging objects, and what was placed (best effort; gc finds the rest)."""
         self._done = True
         self._discard_staging()
-        BlobCollector(self.blobs).undo_place(self._placement.loose, self._placement.packs, self.actor)
+        BlobCollector(self.blobs).undo_place(self._placement.loose, self._placement.packs, self.actor,
+                                             self._placement.chunk_packs)
         self._placement = Placement()
 
     def _place_all(self) -> None:
@@ -178,7 +207,7 @@ class BlobWriter:
                     s.object_key, s.offset = pack.key, offsets[s.sha256]
                 skip |= offsets.keys()
         for s in self.staged:
-            if s.sha256 not in skip and self.blobs.place(s):
+            if s.chunked is None and s.sha256 not in skip and self.blobs.place(s):
                 self._placement.loose.append(s)
 
     def _discard_staging(self) -> None:
@@ -200,8 +229,36 @@ class BlobWriter:
                     collector.drop_unnamed_copy(staged.sha256, layout.blob_key(staged.sha256))
             for key in self._placement.packs:
                 collector.drop_unreferenced_pack(key)
+            for key in self._placement.chunk_packs:
+                collector.drop_unreferenced_pack(key)
         except Exception:  # committed already: a leftover is gc's to sweep, not the client's error
             log.warning("could not tidy after a commit", exc_info=True)
+
+
+def _new_chunks(reader: chunking.IterReader, c: ChunkedBytes, hints) -> Iterator[bytes]:
+    """Cut; record each chunk in the recipe; yield the bytes of those the store lacks (once each)."""
+    for chunk in chunking.new_cutter().cut_stream(reader):
+        cid = chunking.chunk_id(chunk.data)
+        c.recipe.append(chunking.RecipeEntry(cid, chunk.offset, chunk.length))
+        if cid in c.new or cid in c.known:
+            continue
+        if hints.held(cid):
+            c.known.add(cid)
+            continue
+        c.new[cid] = c.pack_size
+        c.index.append(packs.PackedBlob(cid, c.pack_size, chunk.length))
+        c.pack_size += chunk.length
+        yield bytes(chunk.data)  # a copy: the chunker reuses its buffer for the next chunk
+
+
+def _lazy(make) -> Iterator[bytes]:
+    yield from make()
+
+
+def _chain(first: bytes, *rest: Iterator[bytes]) -> Iterator[bytes]:
+    yield first
+    for it in rest:
+        yield from it
 
 
 def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:

@@ -264,7 +264,7 @@ class FileService:
             if package.status == PackageStatus.DELETED:
                 raise Gone(f"package {package_id} was deleted", package_id=package_id)
             found = session.execute(select(*ENTRY_COLUMNS, Blob.blake3, StorageLocation.object_key,
-                                           StorageLocation.offset, StorageLocation.length)
+                                           StorageLocation.offset, StorageLocation.length, Blob.chunker)
                                     .join(Blob, Blob.sha256 == FileEntry.blob_sha256)
                                     .outerjoin(StorageLocation, StorageLocation.blob_sha256 == FileEntry.blob_sha256)
                                     .where(FileEntry.package_id == package_id, FileEntry.path == path)).first()
@@ -274,9 +274,13 @@ class FileService:
         start, end = _resolve_range(byte_range, entry.size)
         chunks: Iterator[bytes] = iter(())
         if body and end > start:
-            if found.object_key is None:
+            if found.chunker is not None:  # a chunked file: read through its recipe (only the chunks in range)
+                where = Location.of_recipe(entry.sha256, entry.size)
+            elif found.object_key is None:
                 raise ObjectMissing(f"no location recorded for sha256:{entry.sha256}")
-            chunks = self.blobs.read(Location(*found[6:9]), start, end)
+            else:
+                where = Location(*found[6:9])
+            chunks = self.blobs.read(where, start, end)
         return Download(entry, blake3, start, end, chunks)
 
 

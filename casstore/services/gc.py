@@ -17,9 +17,9 @@ from sqlalchemy import select
 
 from .. import layout
 from ..cas import BlobStore
-from ..collect import BlobCollector
+from ..collect import BlobCollector, ChunkCollector
 from ..db import Database
-from ..models import Blob, StorageLocation, utcnow
+from ..models import Blob, Chunk, StorageLocation, utcnow
 from ..storage import Storage
 from .lease import lease
 
@@ -33,6 +33,8 @@ class GcReport:
     orphans_removed: int = 0
     orphan_bytes_freed: int = 0
     skipped: int = 0  # candidates that a writer took back meanwhile
+    chunks_removed: int = 0
+    chunk_bytes_freed: int = 0  # bytes of chunk packs deleted with their last chunk
     removed: list[str] = field(default_factory=list)
 
 
@@ -42,6 +44,7 @@ class GcService:
         self.storage = storage
         self.blobs = blobs
         self.collector = BlobCollector(blobs)
+        self.chunk_collector = ChunkCollector(blobs)
 
     def run(self, *, actor: str, orphan_grace: timedelta = ORPHAN_GRACE, limit: int | None = None) -> GcReport:
         report = GcReport()
@@ -59,14 +62,28 @@ class GcService:
                     report.removed.append(sha)
                 if i % 500 == 499:
                     held.renew()
+            self._collect_chunks(report, actor, held, limit)
             self._sweep(report, actor, utcnow() - orphan_grace)
         return report
 
+    def _collect_chunks(self, report: GcReport, actor: str, held, limit: int | None) -> None:
+        """Chunks no recipe names (the blobs just collected released theirs)."""
+        for i, cid in enumerate(self.chunk_collector.candidates(limit)):
+            freed = self.chunk_collector.collect(cid, actor)
+            if freed is None:
+                report.skipped += 1
+            else:
+                report.chunks_removed += 1
+                report.chunk_bytes_freed += freed
+            if i % 500 == 499:
+                held.renew()
+
     def _sweep(self, report: GcReport, actor: str, cutoff) -> None:
-        """Remove objects older than ``cutoff`` that no location names."""
+        """Remove objects older than ``cutoff`` that no location or chunk row names."""
         with self.db.read() as session:
             named = set(session.scalars(select(StorageLocation.object_key)))
-        for prefix in (layout.KeyKind.BLOB, layout.KeyKind.PACK):
+            named |= set(session.scalars(select(Chunk.object_key).distinct()))
+        for prefix in (layout.KeyKind.BLOB, layout.KeyKind.PACK, layout.KeyKind.CHUNK_PACK):
             for info in list(self.storage.list(prefix)):
                 if info.key in named or info.last_modified > cutoff:
                     continue

@@ -12,7 +12,7 @@ from werkzeug.routing import PathConverter
 from casstore.config import Settings
 from casstore.store import Store
 
-from . import audit, blobs, eligibility, files, health, packages, problems, retention, retention_classes
+from . import audit, blobs, chunks, eligibility, files, health, packages, problems, retention, retention_classes
 
 
 class AnyPathConverter(PathConverter):
@@ -44,7 +44,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     store.capabilities  # probe the backend's conditional writes now, not on the first request
     api = problems.ProblemApi(app, spec_kwargs={"info": {"description": DESCRIPTION}})
     problems.register(app)
-    for module in (packages, files, retention, blobs, eligibility, audit, retention_classes, health):
+    for module in (packages, files, retention, blobs, chunks, eligibility, audit, retention_classes, health):
         api.register_blueprint(module.blp)
     return app
 

@@ -259,6 +259,18 @@ class ChunkStore:
             select(table.c.id).where(table.c.object_key == key).limit(1)).first() is not None
 
     # reading ---------------------------------------------------------------------------
+    def read_located(self, entries: list[tuple[str, int, int]]) -> Iterator[bytes]:
+        """The bytes of these (object key, offset, size) slices in order, neighbours in one
+        object read with one range request."""
+        segments: list[list] = []
+        for key, offset, size in entries:
+            if segments and segments[-1][0] == key and segments[-1][2] == offset:
+                segments[-1][2] = offset + size
+            else:
+                segments.append([key, offset, offset + size])
+        for key, lo, hi in segments:
+            yield from self.storage.get(key, lo, hi)
+
     def read(self, blob_sha256: str, start: int, end: int) -> Iterator[bytes]:
         """Stream bytes [start, end) of a chunked file, reading only the chunks that overlap.
 

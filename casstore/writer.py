@@ -38,6 +38,8 @@ add bytes and say what to record, never sequence the steps themselves::
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -50,7 +52,7 @@ from .cas import SMALL_BLOB, BlobRow, BlobStore, StagedBlob
 from .chunks import ChunkedBytes
 from .collect import BlobCollector
 from .digests import Hasher, digest_bytes
-from .errors import DigestMismatch, IncompleteBody, InvalidInput
+from .errors import ChunksMissing, DigestMismatch, IncompleteBody, InvalidInput
 
 log = logging.getLogger(__name__)
 
@@ -141,14 +143,51 @@ class BlobWriter:
         hasher = Hasher()
         with self.blobs.chunks.hints() as hints:
             new_bytes = _new_chunks(chunking.IterReader(_hashed(chunks, hasher)), c, hints)
-            first = next(new_bytes, None)
-            if first is not None:
-                c.pack_key = layout.new_chunk_pack_key()
-                self._placement.chunk_packs.append(c.pack_key)  # before the write: cancel removes a half pack
-                trailer = _lazy(lambda: packs.trailer(c.index, packs.CHUNK_FORMAT))
-                self.blobs.storage.put_stream(c.pack_key, _chain(first, new_bytes, trailer))
+            self._write_chunk_pack(c, new_bytes)
         staged.digests = hasher.result()
         return staged
+
+    def _write_chunk_pack(self, c: ChunkedBytes, new_bytes: Iterator[bytes]) -> None:
+        """Write the new chunks as they come into this writer's chunk pack (none: no pack).
+
+        The chunks are produced (cut, hashed, looked up, read back) on a helper thread and
+        handed over through a short queue: the backend's writer pulls its input from inside
+        obstore's runtime, where no other obstore call may run, and meanwhile the next chunk
+        is being cut while the last one is written.
+        """
+        with _Prefetched(new_bytes) as chunks:
+            first = next(chunks, None)
+            if first is None:
+                return
+            c.pack_key = layout.new_chunk_pack_key()
+            self._placement.chunk_packs.append(c.pack_key)  # before the write: cancel removes a half pack
+            trailer = _lazy(lambda: packs.trailer(c.index, packs.CHUNK_FORMAT))
+            self.blobs.storage.put_stream(c.pack_key, _chain(first, chunks, trailer))
+
+    def add_chunked(self, chunker: str, recipe: list[tuple[str, int]], sent: Iterator[tuple[str, bytes]], *,
+                    expected_sha256: str | None = None) -> StagedBlob:
+        """Take in a large file given as its ordered chunk list (id, size): the chunks the store
+        lacks come in ``sent`` as (id, bytes), in recipe order (a chunk each time it occurs);
+        the others are read from the store. Each sent chunk's id is derived from its bytes here,
+        and the file's SHA-256 and BLAKE3 are computed here over all of its bytes in order:
+        nothing is taken from the client's word. Chunks neither sent nor held raise
+        ChunksMissing (nothing recorded); the client sends them and repeats.
+        """
+        if chunker != chunking.CHUNKER:
+            raise InvalidInput(f"chunks cut by {chunker!r} cannot be stored here: this store uses "
+                               f"{chunking.CHUNKER!r}", chunker=chunking.CHUNKER)
+        c = ChunkedBytes(chunking.CHUNKER)
+        staged = StagedBlob(None, chunked=c)  # type: ignore[arg-type]
+        self.staged.append(staged)
+        hasher, missing = Hasher(), []
+        with self.blobs.chunks.hints() as hints:
+            new_bytes = _assembled(recipe, iter(sent), c, hasher, hints, self.blobs.chunks, missing)
+            self._write_chunk_pack(c, new_bytes)
+        if missing:
+            raise ChunksMissing(f"{len(missing)} chunk(s) of this file are not in the store; send them and retry",
+                                missing_chunks=sorted(set(missing))[:10_000])
+        staged.digests = hasher.result()
+        return self._checked(staged, expected_sha256, None)
 
     def _checked(self, staged: StagedBlob, expected_sha256: str | None, expected_size: int | None) -> StagedBlob:
         if expected_size is not None and staged.size != expected_size:
@@ -249,6 +288,102 @@ def _new_chunks(reader: chunking.IterReader, c: ChunkedBytes, hints) -> Iterator
         c.index.append(packs.PackedBlob(cid, c.pack_size, chunk.length))
         c.pack_size += chunk.length
         yield bytes(chunk.data)  # a copy: the chunker reuses its buffer for the next chunk
+
+
+def _assembled(recipe: list[tuple[str, int]], sent: Iterator[tuple[str, bytes]], c: ChunkedBytes,
+               hasher: Hasher, hints, chunks, missing: list[str]) -> Iterator[bytes]:
+    """Walk a recipe in file order, hashing every byte: sent chunks (checked against their id)
+    as they arrive, held ones read back from the store a run at a time. Yields the bytes of
+    the sent chunks to write (once each); notes in ``missing`` those neither sent nor held."""
+    offset, run = 0, []
+    upcoming = next(sent, None)
+
+    def flush() -> None:
+        located = hints.located(sorted({cid for cid, _ in run}))
+        lost = [cid for cid, _ in run if cid not in located]
+        missing.extend(lost)
+        if not lost and not missing:
+            for piece in chunks.read_located([located[cid] for cid, _ in run]):
+                hasher.update(piece)
+        c.known.update(located)
+        run.clear()
+
+    for cid, size in recipe:
+        if upcoming is not None and upcoming[0] == cid:
+            data, upcoming = upcoming[1], next(sent, None)
+            if len(data) != size or chunking.chunk_id(data) != cid:
+                raise DigestMismatch(f"a chunk sent as {cid} ({size} bytes) has {len(data)} bytes "
+                                     f"that give {chunking.chunk_id(data)}", chunk=cid)
+            if run:
+                flush()
+            if not missing:
+                hasher.update(data)
+            if cid not in c.new:
+                c.new[cid] = c.pack_size
+                c.index.append(packs.PackedBlob(cid, c.pack_size, size))
+                c.pack_size += size
+                yield data
+        else:
+            run.append((cid, size))
+            if len(run) >= 256:
+                flush()
+        c.recipe.append(chunking.RecipeEntry(cid, offset, size))
+        offset += size
+    if run:
+        flush()
+    if upcoming is not None:
+        raise InvalidInput(f"chunk {upcoming[0]} was sent but is not where the recipe expects it")
+
+
+class _Prefetched:
+    """An iterator run on a helper thread, read here through a queue of a few items."""
+
+    _END = object()
+
+    def __init__(self, source: Iterator[bytes], depth: int = 4) -> None:
+        self._queue: queue.Queue = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(source,), name="chunker", daemon=True)
+
+    def _run(self, source: Iterator[bytes]) -> None:
+        try:
+            for item in source:
+                if not self._offer(item):
+                    return
+            self._offer(self._END)
+        except BaseException as exc:  # handed to the reading side, raised there
+            self._offer(exc)
+
+    def _offer(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __enter__(self) -> Iterator[bytes]:
+        self._thread.start()
+        return self._items()
+
+    def _items(self) -> Iterator[bytes]:
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        if exc[0] is None:  # the source must have been read to its end (its hashes are complete)
+            while not self._queue.empty():
+                item = self._queue.get_nowait()
+                if isinstance(item, BaseException):
+                    raise item
 
 
 def _lazy(make) -> Iterator[bytes]:

@@ -1,0 +1,86 @@
+"""Large files sent as chunks: cut locally, ask which chunks the store lacks, send only those.
+
+The same chunker as the server (casstore.chunking: its settings travel by name,
+and the server refuses another). One request per file carries the recipe and the
+missing chunks; the server derives each chunk's id from its bytes, reads the chunks
+it holds back, and computes the file's SHA-256 and BLAKE3 itself. If gc took a chunk
+between our question and the upload, the answer (409) lists it and we send again
+with it. Memory stays flat: the file is cut as a stream (about 2 x 4 MiB of buffer;
+an mmap would count the whole file in the resident size) and each chunk is read
+back with pread when its turn comes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+
+from casstore import chunking
+from casstore.tarstream import END_OF_ARCHIVE, member_header, padding
+
+from .client import ApiError, StoreClient
+
+MISSING_BATCH = 10_000
+ATTEMPTS = 4
+
+
+def recipe_of(path: str) -> list[chunking.RecipeEntry]:
+    """Cut a file into the store's chunks: (id, offset, size) in file order."""
+    with open(path, "rb", buffering=0) as f:
+        return [chunking.RecipeEntry(chunking.chunk_id(c.data), c.offset, c.length)
+                for c in chunking.new_cutter().cut_stream(f)]
+
+
+def missing_chunks(client: StoreClient, recipe: list[chunking.RecipeEntry]) -> set[str]:
+    ids = sorted({e.chunk_id for e in recipe})
+    missing: set[str] = set()
+    for i in range(0, len(ids), MISSING_BATCH):
+        missing |= client.missing_chunks(ids[i:i + MISSING_BATCH])
+    return missing
+
+
+def body_of(path: str, recipe: list[chunking.RecipeEntry], send: set[str],
+            media_type: str | None) -> tuple[int, Iterator[bytes]]:
+    """(length, stream) of the tar the server takes: recipe.json, then each chunk to send."""
+    doc = {"chunker": chunking.CHUNKER, "chunks": [[e.chunk_id, e.size] for e in recipe]}
+    if media_type:
+        doc["media_type"] = media_type
+    head = json.dumps(doc, separators=(",", ":")).encode()
+    sent = [e for e in recipe if e.chunk_id in send]
+    size = sum(512 + n + len(padding(n)) for n in [len(head), *(e.size for e in sent)]) + len(END_OF_ARCHIVE)
+
+    def stream() -> Iterator[bytes]:
+        yield member_header("recipe.json", len(head)) + head + padding(len(head))
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            for e in sent:
+                data = os.pread(fd, e.size, e.offset)
+                if len(data) != e.size:
+                    raise OSError(f"{path} became shorter while it was being sent")
+                yield member_header(e.chunk_id, e.size)
+                yield data
+                yield padding(e.size)
+        finally:
+            os.close(fd)
+        yield END_OF_ARCHIVE
+
+    return size, stream()
+
+
+def upload(client: StoreClient, package_id: str, rel_path: str, abspath: str, sha256: str,
+           replace: bool) -> tuple[dict, int]:
+    """Send one large file; returns (the entry the server recorded, bytes of chunks sent)."""
+    recipe = recipe_of(abspath)
+    send = missing_chunks(client, recipe)
+    for attempt in range(ATTEMPTS):
+        size, body = body_of(abspath, recipe, send, None)
+        try:
+            entry = client.upload_chunked(package_id, rel_path, body, size, sha256, replace)
+            return entry, sum(e.size for e in recipe if e.chunk_id in send)
+        except ApiError as exc:
+            lost = set(exc.problem.get("missing_chunks") or ())
+            if exc.status != 409 or not lost or attempt == ATTEMPTS - 1:
+                raise
+            send |= lost  # gc took them after we asked: send them too
+    raise AssertionError("unreachable")

@@ -259,17 +259,25 @@ class ChunkStore:
             select(table.c.id).where(table.c.object_key == key).limit(1)).first() is not None
 
     # reading ---------------------------------------------------------------------------
-    def read_located(self, entries: list[tuple[str, int, int]]) -> Iterator[bytes]:
-        """The bytes of these (object key, offset, size) slices in order, neighbours in one
-        object read with one range request."""
+    def read_located(self, entries: list[tuple[str, tuple[str, int, int]]],
+                     lost: list[str]) -> Iterator[bytes]:
+        """The bytes of these (chunk id, (object key, offset, size)) slices in order, neighbours
+        in one object read with one range request. A slice whose object is gone (gc took the
+        chunk after it was located) is added to ``lost`` and the rest is not read."""
         segments: list[list] = []
-        for key, offset, size in entries:
+        for cid, (key, offset, size) in entries:
             if segments and segments[-1][0] == key and segments[-1][2] == offset:
                 segments[-1][2] = offset + size
+                segments[-1][3].append(cid)
             else:
-                segments.append([key, offset, offset + size])
-        for key, lo, hi in segments:
-            yield from self.storage.get(key, lo, hi)
+                segments.append([key, offset, offset + size, [cid]])
+        for key, lo, hi, ids in segments:
+            if lost:
+                return
+            try:
+                yield from self.storage.get(key, lo, hi)
+            except ObjectMissing:
+                lost.extend(ids)
 
     def read(self, blob_sha256: str, start: int, end: int) -> Iterator[bytes]:
         """Stream bytes [start, end) of a chunked file, reading only the chunks that overlap.

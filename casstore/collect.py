@@ -18,9 +18,14 @@ from . import auditlog as audit
 from . import layout
 from .cas import PACK_SWEEP_AGE, BlobStore, StagedBlob
 from .db import insert_for
-from .models import Blob, BlobState, Chunk, StorageLocation, utcnow
+from .models import Blob, BlobState, Chunk, RetiredPack, StorageLocation, utcnow
 
 log = logging.getLogger(__name__)
+
+
+def retired(session: Session, key: str) -> bool:
+    """Whether repacking emptied this pack: it then goes only after its grace (repack.py)."""
+    return session.get(RetiredPack, key) is not None
 
 
 class BlobCollector:
@@ -82,7 +87,7 @@ class BlobCollector:
                                          .where(StorageLocation.__table__.c.blob_sha256 == sha256))
             self.storage.delete(layout.blob_key(sha256))  # its own object (or a stray copy of it)
             if where is not None and layout.is_pack_key(where.object_key) \
-                    and not self.pack_referenced(session, where.object_key):
+                    and not self.pack_referenced(session, where.object_key) and not retired(session, where.object_key):
                 self.storage.delete(where.object_key)
             session.connection().execute(delete(table).where(table.c.sha256 == sha256))
             if audited:
@@ -145,8 +150,8 @@ class BlobCollector:
                 return None
             with self.db.write() as session:
                 info = self.storage.head(key)
-                if info is None or self.pack_referenced(session, key):
-                    return None
+                if info is None or self.pack_referenced(session, key) or retired(session, key):
+                    return None  # a retired pack goes after its grace (repack.py)
                 self.storage.delete(key)
                 audit.record(session, actor, "pack.collected", subject=key, size=info.size)
                 return info.size
@@ -208,7 +213,7 @@ class ChunkCollector:
                 return None
             session.connection().execute(delete(table).where(table.c.id == cid))
             freed = 0
-            if not self.chunks.pack_referenced(session, row.object_key):
+            if not self.chunks.pack_referenced(session, row.object_key) and not retired(session, row.object_key):
                 info = self.storage.head(row.object_key)
                 self.storage.delete(row.object_key)
                 freed = info.size if info is not None else 0

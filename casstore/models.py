@@ -175,6 +175,15 @@ class BlobChunk(SQLModel, table=True):
     chunk_id: str = Field(sa_column=Column(String(64), ForeignKey("chunk.id"), nullable=False, index=True))
 
 
+class RetiredPack(SQLModel, table=True):
+    """A pack that repacking emptied: deleted by gc once retired longer than its grace
+    (a read that located an entry in it just before the move still finds it)."""
+
+    __tablename__ = "retired_pack"
+    object_key: str = Field(sa_type=Text, primary_key=True)
+    retired_at: datetime = Field(default_factory=utcnow)
+
+
 class StorageLocation(SQLModel, table=True):
     """Where a blob's bytes are: its own object (offset 0), or a slice of a pack (packs.py)."""
 

@@ -38,8 +38,6 @@ add bytes and say what to record, never sequence the steps themselves::
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -53,6 +51,7 @@ from .chunks import ChunkedBytes
 from .collect import BlobCollector
 from .digests import Hasher, digest_bytes
 from .errors import ChunksMissing, DigestMismatch, IncompleteBody, InvalidInput
+from .prefetch import Prefetched
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +154,7 @@ class BlobWriter:
         obstore's runtime, where no other obstore call may run, and meanwhile the next chunk
         is being cut while the last one is written.
         """
-        with _Prefetched(new_bytes) as chunks:
+        with Prefetched(new_bytes) as chunks:
             first = next(chunks, None)
             if first is None:
                 return
@@ -180,8 +179,8 @@ class BlobWriter:
         staged = StagedBlob(None, chunked=c)  # type: ignore[arg-type]
         self.staged.append(staged)
         hasher, missing = Hasher(), []
-        with self.blobs.chunks.hints() as hints:
-            new_bytes = _assembled(recipe, iter(sent), c, hasher, hints, self.blobs.chunks, missing)
+        with self.blobs.chunks.hints() as hints, _SplitHasher(hasher) as split:
+            new_bytes = _assembled(recipe, iter(sent), c, split, hints, self.blobs.chunks, missing)
             self._write_chunk_pack(c, new_bytes)
         if missing:
             raise ChunksMissing(f"{len(missing)} chunk(s) of this file are not in the store; send them and retry",
@@ -302,8 +301,8 @@ def _assembled(recipe: list[tuple[str, int]], sent: Iterator[tuple[str, bytes]],
         located = hints.located(sorted({cid for cid, _ in run}))
         lost = [cid for cid, _ in run if cid not in located]
         missing.extend(lost)
-        if not lost and not missing:
-            for piece in chunks.read_located([located[cid] for cid, _ in run]):
+        if not lost and not missing:  # once a chunk is missing the file cannot be hashed: only list the rest
+            for piece in chunks.read_located([(cid, located[cid]) for cid, _ in run], missing):
                 hasher.update(piece)
         c.known.update(located)
         run.clear()
@@ -335,57 +334,6 @@ def _assembled(recipe: list[tuple[str, int]], sent: Iterator[tuple[str, bytes]],
         raise InvalidInput(f"chunk {upcoming[0]} was sent but is not where the recipe expects it")
 
 
-class _Prefetched:
-    """An iterator run on a helper thread, read here through a queue of a few items."""
-
-    _END = object()
-
-    def __init__(self, source: Iterator[bytes], depth: int = 4) -> None:
-        self._queue: queue.Queue = queue.Queue(depth)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(source,), name="chunker", daemon=True)
-
-    def _run(self, source: Iterator[bytes]) -> None:
-        try:
-            for item in source:
-                if not self._offer(item):
-                    return
-            self._offer(self._END)
-        except BaseException as exc:  # handed to the reading side, raised there
-            self._offer(exc)
-
-    def _offer(self, item) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def __enter__(self) -> Iterator[bytes]:
-        self._thread.start()
-        return self._items()
-
-    def _items(self) -> Iterator[bytes]:
-        while True:
-            item = self._queue.get()
-            if item is self._END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        if exc[0] is None:  # the source must have been read to its end (its hashes are complete)
-            while not self._queue.empty():
-                item = self._queue.get_nowait()
-                if isinstance(item, BaseException):
-                    raise item
-
-
 def _lazy(make) -> Iterator[bytes]:
     yield from make()
 
@@ -399,6 +347,31 @@ def _chain(first: bytes, *rest: Iterator[bytes]) -> Iterator[bytes]:
 def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
     yield first
     yield from rest
+
+
+class _SplitHasher:
+    """``update`` as in ``_hashed``: SHA-256 on a helper thread one piece behind, the rest here."""
+
+    def __init__(self, hasher: Hasher) -> None:
+        self._hasher = hasher
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="sha256")
+        self._pending = None
+
+    def update(self, piece: bytes) -> None:
+        if self._pending is not None:
+            self._pending.result()
+        self._pending = self._pool.submit(self._hasher.update_sha256, piece)
+        self._hasher.update_rest(piece)
+
+    def __enter__(self) -> "_SplitHasher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if self._pending is not None:
+                self._pending.result()
+        finally:
+            self._pool.shutdown()
 
 
 def _hashed(chunks: Iterable[bytes], hasher: Hasher) -> Iterator[bytes]:

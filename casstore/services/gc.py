@@ -20,6 +20,8 @@ from ..cas import BlobStore
 from ..collect import BlobCollector, ChunkCollector
 from ..db import Database
 from ..models import Blob, Chunk, StorageLocation, utcnow
+from ..packs import PACK_TRUST
+from ..repack import REPACK_BELOW, REPACK_GRACE, Repacker
 from ..storage import Storage
 from .lease import lease
 
@@ -35,6 +37,10 @@ class GcReport:
     skipped: int = 0  # candidates that a writer took back meanwhile
     chunks_removed: int = 0
     chunk_bytes_freed: int = 0  # bytes of chunk packs deleted with their last chunk
+    packs_repacked: int = 0
+    repack_bytes_copied: int = 0
+    retired_removed: int = 0  # packs emptied by an earlier repack, deleted after their grace
+    retired_bytes_freed: int = 0
     removed: list[str] = field(default_factory=list)
 
 
@@ -45,8 +51,13 @@ class GcService:
         self.blobs = blobs
         self.collector = BlobCollector(blobs)
         self.chunk_collector = ChunkCollector(blobs)
+        self.repacker = Repacker(blobs)
 
-    def run(self, *, actor: str, orphan_grace: timedelta = ORPHAN_GRACE, limit: int | None = None) -> GcReport:
+    def run(self, *, actor: str, orphan_grace: timedelta = ORPHAN_GRACE, limit: int | None = None,
+            repack_below: float = REPACK_BELOW, repack_grace: timedelta = REPACK_GRACE,
+            repack_min_age: timedelta = PACK_TRUST) -> GcReport:
+        """Collect unreferenced blobs and chunks, repack packs under ``repack_below`` live, delete
+        packs retired longer than ``repack_grace`` ago, sweep orphans older than ``orphan_grace``."""
         report = GcReport()
         with lease(self.db, "gc") as held:
             with self.db.read() as session:
@@ -63,6 +74,8 @@ class GcService:
                 if i % 500 == 499:
                     held.renew()
             self._collect_chunks(report, actor, held, limit)
+            self._repack(report, actor, held, repack_below, repack_min_age)
+            report.retired_removed, report.retired_bytes_freed = self.repacker.remove_retired(repack_grace, actor)
             self._sweep(report, actor, utcnow() - orphan_grace)
         return report
 
@@ -77,6 +90,13 @@ class GcService:
                 report.chunk_bytes_freed += freed
             if i % 500 == 499:
                 held.renew()
+
+    def _repack(self, report: GcReport, actor: str, held, below: float, min_age: timedelta) -> None:
+        for key, _live, _size in self.repacker.candidates(below, min_age):
+            moved = self.repacker.repack(key, actor)
+            report.packs_repacked += 1
+            report.repack_bytes_copied += moved[1] if moved else 0
+            held.renew()
 
     def _sweep(self, report: GcReport, actor: str, cutoff) -> None:
         """Remove objects older than ``cutoff`` that no location or chunk row names."""

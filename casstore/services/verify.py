@@ -9,7 +9,8 @@ Checks (each failure is one Finding):
 * manifest: a finalized package whose manifest blob is absent or hashes to something else;
 * orphan-object: an object under blobs/ or packs/ that no location names (reported; gc
   removes it after its grace period); a pack younger than cas.PACK_SWEEP_AGE is listed as
-  pack-active instead: an upload may be about to record it;
+  pack-active instead: an upload may be about to record it; a pack that repacking emptied,
+  as pack-retired-active (gc deletes it after its grace: reads in flight);
 * staging-object: a staging object older than an hour: an upload that died
   (``repair_staging`` removes them); younger ones are listed as staging-active,
   which is not a discrepancy;
@@ -43,7 +44,7 @@ from .. import layout, packs
 from ..cas import PACK_SWEEP_AGE, BlobStore, Location
 from ..db import Database
 from ..errors import ObjectMissing, StorageError
-from ..models import Blob, BlobState, FileEntry, Package, PackageStatus, StorageLocation, utcnow
+from ..models import Blob, BlobState, FileEntry, Package, PackageStatus, RetiredPack, StorageLocation, utcnow
 from ..storage import Storage
 from .verify_chunks import ChunkVerifier
 
@@ -210,12 +211,16 @@ class VerifyService:
 
     def _check_unknown_objects(self, rows: dict[str, BlobAt], report: Report) -> None:
         named = {row.key for row in rows.values()} | self.chunks.object_keys()
+        with self.db.read() as session:
+            retired = set(session.scalars(select(RetiredPack.object_key)))
         recent = utcnow() - PACK_SWEEP_AGE
         for prefix in (layout.KeyKind.BLOB, layout.KeyKind.PACK, layout.KeyKind.CHUNK_PACK):
             for info in self.storage.list(prefix):
                 if info.key not in named:
                     made = layout.any_pack_key_time(info.key)
                     kind = "pack-active" if made is not None and made > recent else "orphan-object"
+                    if info.key in retired:  # emptied by repacking: gc deletes it after its grace
+                        kind = "pack-retired-active"
                     report.findings.append(Finding(kind, info.key, f"{info.size} bytes, no location"))
         stale_before = utcnow() - STAGING_GRACE
         for info in self.storage.list(layout.KeyKind.STAGING):

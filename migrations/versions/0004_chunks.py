@@ -2,7 +2,8 @@
 
 A file above chunking.THRESHOLD is stored as a recipe (blob_chunk: offset ->
 chunk id) over chunk rows, each a slice of a chunk pack (chunks/<ulid>);
-blob.chunker pins the chunker's settings per file.
+blob.chunker pins the chunker's settings per file. retired_pack lists packs
+that repacking emptied, deleted by gc after a grace.
 
 NOTE for the merge: written against 0002; another branch adds 0003 (tokens).
 Set down_revision to the last of the chain when merging.
@@ -51,6 +52,11 @@ def upgrade() -> None:
     with op.batch_alter_table('blob_chunk', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_blob_chunk_chunk_id'), ['chunk_id'], unique=False)
 
+    op.create_table('retired_pack',
+    sa.Column('object_key', sa.Text(), nullable=False),
+    sa.Column('retired_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+    sa.PrimaryKeyConstraint('object_key')
+    )
     with op.batch_alter_table('blob', schema=None) as batch_op:
         batch_op.add_column(sa.Column('chunker', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True))
 
@@ -58,6 +64,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table('blob', schema=None) as batch_op:
         batch_op.drop_column('chunker')
+    op.drop_table('retired_pack')
     with op.batch_alter_table('blob_chunk', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_blob_chunk_chunk_id'))
     op.drop_table('blob_chunk')

@@ -10,6 +10,7 @@ than a grace period. One gc at a time, under a lease.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -19,11 +20,14 @@ from .. import layout
 from ..cas import BlobStore
 from ..collect import BlobCollector, ChunkCollector
 from ..db import Database
+from ..errors import StorageError
 from ..models import Blob, Chunk, StorageLocation, utcnow
 from ..packs import PACK_TRUST
 from ..repack import REPACK_BELOW, REPACK_GRACE, Repacker
 from ..storage import Storage
 from .lease import lease
+
+log = logging.getLogger(__name__)
 
 ORPHAN_GRACE = timedelta(hours=1)
 
@@ -93,7 +97,12 @@ class GcService:
 
     def _repack(self, report: GcReport, actor: str, held, below: float, min_age: timedelta) -> None:
         for key, _live, _size in self.repacker.candidates(below, min_age):
-            moved = self.repacker.repack(key, actor)
+            try:
+                moved = self.repacker.repack(key, actor)
+            except StorageError as exc:  # the pack went meanwhile (its last entries collected): nothing to do
+                log.warning("could not repack %s: %s", key, exc.detail)
+                report.skipped += 1
+                continue
             report.packs_repacked += 1
             report.repack_bytes_copied += moved[1] if moved else 0
             held.renew()

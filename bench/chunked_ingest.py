@@ -213,11 +213,14 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=1500)
     parser.add_argument("--big-mib", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where the runs and repositories go (about 6x the run's size at peak)")
     args = parser.parse_args()
-    OUT.mkdir(exist_ok=True)
-    run1 = generate_run(OUT / "chunk-run-1", args.small, 0)
+    out = args.out or OUT
+    out.mkdir(parents=True, exist_ok=True)
+    run1 = generate_run(out / "chunk-run-1", args.small, 0)
     write_capture(run1 / "raw" / "captures" / "capture.bin", args.big_mib)
-    run2, changed = make_second_run(run1, OUT / "chunk-run-2")
+    run2, changed = make_second_run(run1, out / "chunk-run-2")
     kinds = [Cp, ArtifactStore, Borg, Restic]
     rows: dict[str, dict[str, list[float]]] = {k.name: {"first": [], "second": [], "stored2": []} for k in kinds}
     rows["artifact-store"]["again"] = []
@@ -225,7 +228,7 @@ def main() -> None:
     for r in range(args.rounds):
         order = kinds if r % 2 == 0 else list(reversed(kinds))
         for kind in order:
-            work = Path(tempfile.mkdtemp(prefix=f"chunkbench-{kind.name}-", dir=OUT))
+            work = Path(tempfile.mkdtemp(prefix=f"chunkbench-{kind.name}-", dir=out))
             tool = kind()
             try:
                 tool.setup(work)

@@ -114,6 +114,7 @@ class Ingestor:
         self.new_bytes = 0
         self._package_id = ""
         self._kept: dict[str, bytes] = {}  # path -> the very bytes hashed (so also the bytes sent)
+        self._recipes: dict[str, list] = {}  # path -> the chunks of a large file, cut while hashing it
 
     # 1 ------------------------------------------------------------------------
     def hash_all(self) -> dict[str, str]:
@@ -123,6 +124,9 @@ class Ingestor:
         with self.progress.bar("hashing", sum(f.size for f in todo)) as bar:
             def one(f: LocalFile) -> tuple[LocalFile, str]:
                 try:
+                    if f.size > chunking.THRESHOLD:  # one read: the digest and the chunks it may need to send
+                        digest, self._recipes[f.path] = chunked.sha256_and_recipe(f.abspath, bar.update)
+                        return f, digest
                     return f, sha256_file(f.abspath, bar.update)
                 except OSError as exc:
                     raise RunDirError(f"cannot read {f.path}: {exc.strerror or exc}") from exc
@@ -252,7 +256,7 @@ class Ingestor:
                 # X-Checksum-Sha256 goes with it: a file that changed is refused (422)
                 if f.size > chunking.THRESHOLD:  # only the chunks the store lacks (chunked.py)
                     _entry, sent = chunked.upload(self.client, package_id, f.path, f.abspath, digests[f.path],
-                                                  f.path in replace)
+                                                  f.path in replace, recipe=self._recipes.pop(f.path, None))
                     saved.append(f.size - sent)
                 else:
                     with open(f.abspath, "rb") as stream:

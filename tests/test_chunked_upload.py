@@ -132,3 +132,16 @@ def test_cli_sends_only_new_chunks_of_a_changed_capture(server, store, tmp_path)
         got = server.get(result["package_id"], "raw/capture.bin").content
         assert hashlib.sha256(got).hexdigest() == sha(data)
     assert store.verify.run(deep=True).findings == []
+
+
+def test_chunks_cut_by_another_chunker_are_refused(server, store):
+    from casstore.tarstream import tar_of
+
+    doc = json.dumps({"chunker": "fastcdc2020-min65536-avg262144-max1048576-nc1-seed0-b3dk1",
+                      "chunks": [["a" * 64, 1000]]}).encode()
+    pkg = server.create()["id"]
+    body = assert_problem(server.http.post(f"{server.url}/v1/packages/{pkg}/chunked/f.bin",
+                                           data=tar_of([("recipe.json", doc)])), 422)
+    assert body["chunker"] == chunking.CHUNKER
+    with store.db.engine.connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM blob")).scalar() == 0

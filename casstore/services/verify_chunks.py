@@ -102,6 +102,13 @@ class ChunkVerifier:
                                     .values(state=BlobState.MISSING))
                 audit.record(session, "verify", "chunk.missing", subject=f"chunk:{cid}", files=holders[:100])
 
+    def _verified(self, ids: list[str]) -> None:
+        """Record when these chunks were last found sound (one transaction for a batch)."""
+        if ids:
+            with self.db.write() as session:
+                session.execute(update(Chunk).where(Chunk.id.in_(ids)).values(verified_at=utcnow()))
+            ids.clear()
+
     def scrub(self, report, deadline: float | None) -> bool:
         """Re-derive every present chunk's id from its bytes, oldest-verified first; False if
         the time budget ran out. Chunks of one pack are read in pack order."""
@@ -110,9 +117,10 @@ class ChunkVerifier:
                                     .where(Chunk.state == BlobState.PRESENT)
                                     .order_by(Chunk.verified_at.is_not(None), Chunk.verified_at,
                                               Chunk.object_key, Chunk.offset)).all()
-        by_pack = defaultdict(list)
+        by_pack, verified = defaultdict(list), []
         for n, (cid, size, key, offset) in enumerate(order):
             if deadline is not None and n > 0 and time.monotonic() >= deadline:
+                self._verified(verified)
                 return False
             by_pack[key].append((cid, offset, size))
             try:
@@ -124,8 +132,10 @@ class ChunkVerifier:
                                                                           "no longer give this id"))
                 self.mark_missing(cid)
                 continue
-            with self.db.write() as session:
-                session.execute(update(Chunk).where(Chunk.id == cid).values(verified_at=utcnow()))
+            verified.append(cid)
+            if len(verified) >= 500:
+                self._verified(verified)
+        self._verified(verified)
         for key, listed in by_pack.items():
             try:
                 index = {(b.sha256, b.offset, b.length) for b in packs.read_index(self.storage, key)}

@@ -27,7 +27,7 @@ BIG = [random.Random(100 + i).randbytes(8 << 20) for i in range(3)]  # bases of 
 def test_gc_loop_beside_ingestion_and_attach(server, store, tmp_path):
     store.retention.set_class_days("transient", 0, actor="test")  # every package is eligible at once
     stop, errors, pace = threading.Event(), [], threading.Semaphore(0)
-    workers = [PackageChurn([server.url], SHARED, seed, stop, errors, pace, big=BIG, big_every=8, workdir=tmp_path)
+    workers = [PackageChurn([server.url], SHARED, seed, stop, errors, pace, big=BIG, big_every=16, workdir=tmp_path)
                for seed in range(4)]
     for w in workers:
         w.start()

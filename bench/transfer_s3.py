@@ -217,7 +217,8 @@ def measure(name: str, endpoint: str, path: Path, rounds: int, work: Path) -> di
         for r in range(rounds):
             new_content(path, r)
             key = f"round-{r}"
-            steps = [("api_up", lambda: api_upload(server.url, path)), ("plain_up", lambda: plain_upload(store, key, path))]
+            steps = [("api_up", lambda: api_upload(server.url, path)),
+                     ("plain_up", lambda: plain_upload(store, key, path))]
             if r % 2:
                 steps.reverse()
             pkg = None

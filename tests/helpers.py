@@ -195,6 +195,7 @@ class ServerProcess:
             except requests.RequestException:
                 pass
             time.sleep(0.1)
+        self.kill()  # never leave a server behind that no test will stop
         raise RuntimeError("server did not become healthy")
 
     def kill(self) -> None:

@@ -16,6 +16,7 @@ from casstore.store import Store
 from . import (
     audit,
     blobs,
+    chunks,
     eligibility,
     files,
     guards,
@@ -62,7 +63,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.extensions["openapi"] = api
     problems.register(app)
     guards.install(app)
-    for module in (packages, files, retention, blobs, eligibility, audit, retention_classes, health):
+    for module in (packages, files, retention, blobs, chunks, eligibility, audit, retention_classes, health):
         api.register_blueprint(module.blp)
     return app
 

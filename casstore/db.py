@@ -154,6 +154,15 @@ class Database:
             self._gate = None
 
 
+def insert_for(session: Session):
+    """The dialect's INSERT, which knows ON CONFLICT DO NOTHING."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
+
+
 @contextmanager
 def _operational_errors() -> Iterator[None]:
     """The database's operational failures as casstore errors (503, or 507 when it is full).

@@ -197,6 +197,7 @@ class ServerProcess:
             except requests.RequestException:
                 pass
             time.sleep(0.1)
+        self.kill()  # never leave a server behind that no test will stop
         raise RuntimeError("server did not become healthy")
 
     def kill(self) -> None:
@@ -367,13 +368,19 @@ def leave_stray_write(storage, key: str) -> bool:
 # ---------------------------------------------------------------- load
 
 class PackageChurn(threading.Thread):
+    """Packages made, finalized and deleted in a loop, sharing blobs (and, with ``big``, the
+    chunks of large files: every ``big_every``-th package holds one, a shared base plus its own
+    tail, sent alternately by PUT and by the CLI's chunked upload)."""
+
     def __init__(self, urls: list[str], shared: list[bytes], seed: int, stop: threading.Event, errors: list,
-                 pace: threading.Semaphore | None = None, keep: int = 2) -> None:
+                 pace: threading.Semaphore | None = None, keep: int = 2, big: list[bytes] | None = None,
+                 big_every: int = 4, workdir: Path | None = None) -> None:
         super().__init__(daemon=True)
         self.urls, self.shared, self.rng = urls, shared, random.Random(seed)
         self.stop, self.errors, self.pace, self.keep = stop, errors, pace, keep
+        self.big, self.big_every, self.workdir = big or [], big_every, workdir
         self.kept: dict[str, dict[str, bytes]] = {}
-        self.done = self.deleted = self.reuploads = 0
+        self.done = self.deleted = self.reuploads = self.chunk_races = self.big_files = 0
 
     def url(self) -> str:
         return self.rng.choice(self.urls)  # several API processes: any may serve any step
@@ -411,6 +418,8 @@ class PackageChurn(threading.Thread):
             r = http.put(f"{self.url()}/v1/packages/{pkg}/files/{path}", data=files[path],
                          headers={"X-Checksum-Sha256": sha(files[path])})
             assert r.status_code == 201, r.text
+        if self.big and self.done % self.big_every == 0:
+            files["big/capture.bin"] = self.send_big(http, pkg)
         done = http.post(f"{self.url()}/v1/packages/{pkg}/finalize")
         assert done.status_code == 200 and done.json()["file_count"] == len(files), done.text
         self.kept[pkg] = files
@@ -421,3 +430,27 @@ class PackageChurn(threading.Thread):
             del self.kept[oldest]
             self.deleted += 1
         self.done += 1
+
+    def send_big(self, http: requests.Session, pkg: str) -> bytes:
+        """A large file (chunked by the store): a shared base and a tail of its own. A 409 naming
+        missing chunks (gc took a chunk the upload skipped) is answered by sending again."""
+        from artifact_store.producer import chunked
+        from artifact_store.producer.client import StoreClient
+
+        data = self.rng.choice(self.big) + os.urandom(self.rng.randint(1, 300_000))
+        self.big_files += 1
+        if self.big_files % 2 and self.workdir is not None:
+            path = self.workdir / f"{self.name}.bin"
+            path.write_bytes(data)
+            chunked.upload(StoreClient(self.url()), pkg, "big/capture.bin", str(path), sha(data), False,
+                           races=self)
+            return data
+        for _ in range(10):
+            r = http.put(f"{self.url()}/v1/packages/{pkg}/files/big/capture.bin", data=data,
+                         headers={"X-Checksum-Sha256": sha(data)})
+            if r.status_code == 409 and r.json().get("missing_chunks"):
+                self.chunk_races += 1
+                continue
+            assert r.status_code == 201, r.text
+            return data
+        raise AssertionError("a large file lost its chunks to gc ten times in a row")

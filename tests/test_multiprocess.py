@@ -43,7 +43,17 @@ def test_two_api_processes_and_a_gc_process(tmp_path, database_url, backend):
     env = environment(database_url, tmp_path, backend)
     assert cli(env, "db", "upgrade").returncode == 0
     assert cli(env, "retention-classes", "set", "transient", "--days", "0").returncode == 0
-    servers = [ServerProcess(env, workers=2, log_path=str(tmp_path / f"server{i}.log")).start() for i in range(2)]
+    servers: list[ServerProcess] = []
+    try:  # every server started is stopped, whatever fails
+        for i in range(2):
+            servers.append(ServerProcess(env, workers=2, log_path=str(tmp_path / f"server{i}.log")).start())
+        _churn_with_gc_then_check(env, tmp_path, backend, servers)
+    finally:
+        for s in servers:
+            s.stop()
+
+
+def _churn_with_gc_then_check(env: dict, tmp_path, backend: str, servers: list[ServerProcess]) -> None:
     health = requests.get(f"{servers[0].url}/v1/health").json()
     assert health["storage"]["backend"] == "s3"
     copy = S3_SERVERS[backend].copy_if_not_exists
@@ -72,20 +82,16 @@ def test_two_api_processes_and_a_gc_process(tmp_path, database_url, backend):
     packages = sum(c.done for c in clients)
     print(f"\npackages {packages}, gc rounds {gc_report['rounds']}, gc freed {gc_report['freed']}")
     assert packages >= 20 and gc_report["rounds"] >= 5
-    try:
-        final_gc = cli(env, "gc", "--orphan-grace", "0s")
-        assert final_gc.returncode == 0, final_gc.stderr
-        verify = cli(env, "verify", "--deep")
-        assert verify.returncode == 0, verify.stdout + verify.stderr
-        for c in clients:
-            for pkg, files in c.kept.items():
-                for server in servers:
-                    for path, data in files.items():
-                        got = requests.get(f"{server.url}/v1/packages/{pkg}/files/{path}")
-                        assert got.status_code == 200 and got.content == data
-    finally:
-        for s in servers:
-            s.stop()
+    final_gc = cli(env, "gc", "--orphan-grace", "0s")
+    assert final_gc.returncode == 0, final_gc.stderr
+    verify = cli(env, "verify", "--deep")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    for c in clients:
+        for pkg, files in c.kept.items():
+            for server in servers:
+                for path, data in files.items():
+                    got = requests.get(f"{server.url}/v1/packages/{pkg}/files/{path}")
+                    assert got.status_code == 200 and got.content == data
 
 
 @needs_pg

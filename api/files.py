@@ -114,6 +114,7 @@ class FileItem(MethodView):
 
 @blp.route("/<string:package_id>/chunked/<anypath:logical_path>")
 class ChunkedFile(MethodView):
+    @streams_body
     @blp.arguments(UploadQuery, location="query", unknown=RAISE)
     @blp.response(201, FileEntryOut, description="the file was added (or replaced)")
     @blp.alt_response(200, schema=FileEntryOut, description="the path already held exactly these bytes")

@@ -2,8 +2,9 @@
 
 Registered once (``install``) as a before_request hook, so an endpoint added
 later is covered without doing anything. Views that stream their body (file
-uploads, tar batches) say so with ``@streams_body`` and are left alone: their
-bytes are never held in memory.
+uploads, tar batches, chunked files) say so with ``@streams_body`` and are left
+alone: their bytes are never held in memory. A streaming view that forgets to
+say so fails safe: its bodies over 2 MiB are refused (413), never buffered.
 
 For every other request:
 * the body is capped at MAX_JSON_BODY (2 MiB) before a byte of it is parsed: a larger

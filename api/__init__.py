@@ -12,7 +12,21 @@ from werkzeug.routing import PathConverter
 from casstore.config import Settings
 from casstore.store import Store
 
-from . import audit, blobs, eligibility, files, health, packages, problems, retention, retention_classes
+from . import (
+    archive,
+    audit,
+    blob_lookup,
+    blobs,
+    docs_assets,
+    eligibility,
+    files,
+    health,
+    packages,
+    pages,
+    problems,
+    retention,
+    retention_classes,
+)
 
 
 class AnyPathConverter(PathConverter):
@@ -32,9 +46,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
-        OPENAPI_REDOC_PATH="redoc",
-        OPENAPI_REDOC_URL="https://cdn.jsdelivr.net/npm/redoc/bundles/redoc.standalone.js",
+        OPENAPI_SWAGGER_UI_URL=docs_assets.url(settings),  # served by this app: /docs works offline
         MAX_FORM_MEMORY_SIZE=1 << 20,
     )
     app.json.sort_keys = False  # producer metadata comes back in the order it was given
@@ -44,8 +56,11 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     store.capabilities  # probe the backend's conditional writes now, not on the first request
     api = problems.ProblemApi(app, spec_kwargs={"info": {"description": DESCRIPTION}})
     problems.register(app)
-    for module in (packages, files, retention, blobs, eligibility, audit, retention_classes, health):
+    for module in (packages, files, archive, retention, blobs, blob_lookup, eligibility, audit, retention_classes,
+                   health):
         api.register_blueprint(module.blp)
+    pages.register(app)
+    docs_assets.register(app)
     return app
 
 

@@ -9,7 +9,6 @@ transaction, not 1,500.
 
 from __future__ import annotations
 
-import mimetypes
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -20,6 +19,7 @@ from typing import IO
 from sqlalchemy import bindparam, select, update
 from sqlmodel import Session
 
+from .. import media
 from ..cas import SMALL_BLOB, BlobStore, Location, Placement, StagedBlob
 from ..collect import BlobCollector
 from ..db import Database
@@ -62,8 +62,7 @@ def media_type_or_guess(value: str | None, path: str) -> str:
 
 
 def guess_media_type(path: str) -> str:
-    kind, _ = mimetypes.guess_type(path, strict=False)
-    return kind or DEFAULT_MEDIA_TYPE
+    return media.guess(path)
 
 
 @dataclass

@@ -1,0 +1,219 @@
+"""Whole-package archives: one finalized package as one tar (or zip) stream.
+
+Tar layout (version 1), the same bytes on every request for the same package:
+
+    <id>.manifest.json          the exact manifest bytes (their SHA-256 is the manifest digest)
+    <id>/<logical path>         every file, in manifest order (code point order of paths)
+    two zero blocks             the end-of-archive marker
+
+Each member has a POSIX.1-2001 (pax) header made by ``tarfile`` with fixed
+fields (mode 0644, uid/gid 0, no user names, mtime = the package's
+finalization time), so names of any length and any Unicode survive. The
+layout is computed from the manifest before a byte is read: the total length
+(Content-Length) is exact, and a byte range is served by reading only the
+members it overlaps. Bytes come from the blob store in ~1 MiB chunks, so a
+request's memory is the layout (a few hundred bytes per file), never the data.
+
+Zip (``format=zip``) holds the same members, stored (no compression), with
+zip64 records where sizes need them (zipstream-ng). Its CRC-32s are computed
+while streaming, so its length is known in advance but a byte range is not
+served (it would need every CRC before the first byte): resume with the tar.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import Enum
+
+from sqlalchemy import select
+
+from ..cas import BlobStore, Location
+from ..db import Database
+from ..errors import Gone, NotFound, ObjectMissing, RangeNotSatisfiable
+from ..models import FileEntry, Package, StorageLocation
+from .lookup import load_package
+
+BLOCK = 512
+END_OF_ARCHIVE = b"\0" * (2 * BLOCK)
+LAYOUT_VERSION = "1"
+
+
+class ArchiveFormat(str, Enum):
+    TAR = "tar"
+    ZIP = "zip"
+
+
+MEDIA_TYPES = {ArchiveFormat.TAR: "application/x-tar", ArchiveFormat.ZIP: "application/zip"}
+
+
+@dataclass
+class Member:
+    """One archive member: its name, its bytes (a location, or bytes in hand) and its place."""
+
+    name: str
+    size: int
+    location: Location | None  # None: ``data`` holds the bytes (the manifest)
+    data: bytes | None = None
+    offset: int = 0  # where its header starts in the tar
+    header_size: int = 0
+
+    @property
+    def data_start(self) -> int:
+        return self.offset + self.header_size
+
+    @property
+    def end(self) -> int:
+        """Where the next member starts (after the data's padding to a 512-byte block)."""
+        return self.data_start + -(-self.size // BLOCK) * BLOCK
+
+
+@dataclass
+class Archive:
+    """What an archive request answers with."""
+
+    package_id: str
+    manifest_digest: str
+    format: ArchiveFormat
+    size: int  # of the whole archive
+    start: int
+    end: int  # exclusive
+    chunks: Iterator[bytes]
+
+    @property
+    def etag(self) -> str:
+        """Names the bytes: the manifest digest fixes the content, the layout version the form."""
+        return f"{self.manifest_digest.removeprefix('sha256:')}.{self.format.value}.{LAYOUT_VERSION}"
+
+    @property
+    def filename(self) -> str:
+        return f"{self.package_id}.{self.format.value}"
+
+    @property
+    def media_type(self) -> str:
+        return MEDIA_TYPES[self.format]
+
+
+def tar_header(name: str, size: int, mtime: int) -> bytes:
+    """A member header with every field fixed but name, size and mtime (deterministic)."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode, info.type = size, mtime, 0o644, tarfile.REGTYPE
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "strict")
+
+
+class ArchiveService:
+    def __init__(self, db: Database, blobs: BlobStore) -> None:
+        self.db = db
+        self.blobs = blobs
+
+    def _members(self, package_id: str) -> tuple[Package, list[Member]]:
+        """The package and its members in archive order (manifest first), locations resolved."""
+        with self.db.read() as session:
+            package = load_package(session, package_id)
+            if package.status == "deleted":
+                raise Gone(f"package {package_id} was deleted; its archive is gone with its files",
+                           package_id=package_id)
+            if package.manifest_digest is None:
+                raise NotFound(f"package {package_id} is {package.status}: it has no archive until finalized",
+                               package_id=package_id, package_status=package.status)
+            manifest_hex = package.manifest_digest.removeprefix("sha256:")
+            manifest_at = self.blobs.locate(session, manifest_hex)
+            rows = session.execute(
+                select(StorageLocation.blob_sha256, StorageLocation.object_key, StorageLocation.offset,
+                       StorageLocation.length)
+                .join(FileEntry, FileEntry.blob_sha256 == StorageLocation.blob_sha256)
+                .where(FileEntry.package_id == package_id).distinct())
+            where = {digest: Location(key, offset, length) for digest, key, offset, length in rows}
+        if manifest_at is None:
+            raise ObjectMissing(f"no location recorded for the manifest of {package_id}")
+        manifest = b"".join(self.blobs.read(manifest_at))
+        members = [Member(f"{package_id}.manifest.json", len(manifest), None, manifest)]
+        for f in json.loads(manifest)["files"]:
+            location = where.get(f["sha256"])
+            if location is None and f["size"]:
+                raise ObjectMissing(f"no location recorded for sha256:{f['sha256']} ({f['path']})")
+            members.append(Member(f"{package_id}/{f['path']}", f["size"], location))
+        return package, members
+
+    # ------------------------------------------------------------------ tar
+    def tar(self, package_id: str, byte_range: tuple[int, int | None] | None = None) -> Archive:
+        """The tar of a finalized package, whole or the byte range (start, stop exclusive or None)."""
+        package, members = self._members(package_id)
+        mtime = int(package.finalized_at.timestamp())
+        offset = 0
+        for m in members:
+            m.offset, m.header_size = offset, len(tar_header(m.name, m.size, mtime))
+            offset = m.end
+        size = offset + len(END_OF_ARCHIVE)
+        start, end = _resolve_range(byte_range, size)
+        return Archive(package.id, package.manifest_digest, ArchiveFormat.TAR, size, start, end,
+                       self._tar_bytes(members, mtime, size, start, end))
+
+    def _tar_bytes(self, members: list[Member], mtime: int, size: int, start: int, end: int) -> Iterator[bytes]:
+        """The bytes [start, end) of the tar, reading only the members that overlap them."""
+        first = max(bisect.bisect_right([m.offset for m in members], start) - 1, 0)
+        for m in members[first:]:
+            if m.offset >= end:
+                return
+            yield from _clip(tar_header(m.name, m.size, mtime), m.offset, start, end)
+            a, b = max(start, m.data_start), min(end, m.data_start + m.size)
+            if a < b:
+                yield from self._data(m, a - m.data_start, b - m.data_start)
+            pad_start = m.data_start + m.size
+            yield from _clip(b"\0" * (m.end - pad_start), pad_start, start, end)
+        yield from _clip(END_OF_ARCHIVE, size - len(END_OF_ARCHIVE), start, end)
+
+    def _data(self, m: Member, a: int, b: int) -> Iterator[bytes]:
+        """Bytes [a, b) of a member, checked to be as long as the manifest says."""
+        if m.data is not None:
+            yield m.data[a:b]
+            return
+        sent = 0
+        for chunk in self.blobs.read(m.location, a, b):
+            sent += len(chunk)
+            yield chunk
+        if sent != b - a:
+            raise ObjectMissing(f"{m.name}: the backend returned {sent} bytes where {b - a} were expected")
+
+    # ------------------------------------------------------------------ zip
+    def zip(self, package_id: str) -> Archive:
+        """The zip of a finalized package: the same members, stored, zip64 where needed."""
+        from ._zip import FixedTimeZip
+
+        package, members = self._members(package_id)
+        stream = FixedTimeZip(package.finalized_at)
+        for m in members:
+            if m.size == 0 or m.data is not None:
+                stream.add(m.data or b"", m.name)
+            else:
+                stream.add(self._lazy(m), m.name, size=m.size)
+        size = len(stream)
+        return Archive(package.id, package.manifest_digest, ArchiveFormat.ZIP, size, 0, size, iter(stream))
+
+    def _lazy(self, m: Member) -> Iterator[bytes]:
+        """A member's bytes, opened only when the zip reaches it (one open blob at a time)."""
+        yield from self._data(m, 0, m.size)
+
+
+def _clip(data: bytes, at: int, start: int, end: int) -> Iterator[bytes]:
+    """The part of ``data`` (which sits at offset ``at``) inside [start, end)."""
+    a, b = max(start, at), min(end, at + len(data))
+    if a < b:
+        yield data[a - at:b - at]
+
+
+def _resolve_range(byte_range: tuple[int, int | None] | None, size: int) -> tuple[int, int]:
+    """[start, end) for an HTTP byte range (start, stop exclusive or None); a negative start is a suffix."""
+    if byte_range is None:
+        return 0, size
+    start, stop = byte_range
+    if start < 0:
+        return max(size + start, 0), size
+    if start >= size:
+        raise RangeNotSatisfiable(f"range starts at byte {start} but the archive has {size} bytes", size=size)
+    return start, size if stop is None else min(stop, size)

@@ -120,7 +120,8 @@ class Downloader:
                 while chunk := f.read(BLOCK):
                     digest.update(chunk)
         url = f"/v1/packages/{self.package_id}/files/{quote(path, safe='/')}"
-        if have == size:
+        if have == size:  # all there already (or an empty file: nothing to fetch)
+            part.touch()
             return digest.hexdigest()
         response = self.client.stream(url, headers={"Range": f"bytes={have}-"} if have else None)
         if response.status != 206 and have:  # the range was not honoured: start again

@@ -23,6 +23,7 @@ bp = Blueprint("pages", __name__, template_folder="templates")
 PACKAGE_ENDPOINT = "packages.PackageItem"
 PAGE_SIZE = 50
 FILES_PAGE = 1000
+PAGE_POLICY = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; connect-src 'self'"
 FILTERS = ("run_id", "target_profile", "assessment_profile", "producer", "status")
 
 
@@ -60,7 +61,7 @@ def _html(body: str) -> Response:
     response = Response(body, mimetype="text/html")
     response.headers["Vary"] = "Accept"
     # No script runs on these pages; a file served by the store never runs with their origin either.
-    response.headers["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'"
+    response.headers["Content-Security-Policy"] = PAGE_POLICY
     return response
 
 

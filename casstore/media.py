@@ -25,3 +25,11 @@ def guess(path: str) -> str:
         return TEXT_TYPES[suffix]
     kind, _ = mimetypes.guess_type(path, strict=False)
     return kind or DEFAULT
+
+
+def for_response(media_type: str) -> str:
+    """The Content-Type to send: text without a charset is declared UTF-8 (a browser would
+    otherwise read it as windows-1252 and garble every non-ASCII character of a log)."""
+    if media_type.lower().startswith("text/") and "charset" not in media_type.lower():
+        return f"{media_type}; charset=utf-8"
+    return media_type

@@ -100,7 +100,7 @@ def test_download_names_every_file_damaged_on_the_backend(server, store, package
     result, line = download(server, package["id"], dest)
     assert result.exit_code == 1
     assert line["verified"] is False and line["failed"] == 2
-    damaged = sorted(l for l in result.stderr.splitlines() if l.startswith("mismatch: "))
+    damaged = sorted(m for m in result.stderr.splitlines() if m.startswith("mismatch: "))
     assert [d.split(": sha256 ")[0] for d in damaged] == ["mismatch: raw/captures/dump.bin",
                                                            "mismatch: raw/logs/#2?.log"]
     assert hashlib.sha256(b"beta\n").hexdigest() in damaged[1]  # the manifest's digest is named

@@ -10,6 +10,7 @@ from datetime import timezone
 
 from marshmallow import RAISE, Schema, fields, validate
 
+from casstore.models import PackageStatus
 from casstore.paths import MAX_PATH_BYTES
 
 from . import links
@@ -58,7 +59,7 @@ class PackageOut(Schema):
     url = fields.Function(lambda p: links.package_url(p.id),
                           metadata={"description": "the package's URL (ARTIFACT_STORE_PUBLIC_URL based): "
                                                    "JSON for programs, a page for browsers"})
-    archive_url = fields.Function(lambda p: links.archive_url(p.id) if p.status == "finalized" else None,
+    archive_url = fields.Function(lambda p: links.archive_url(p.id) if p.status == PackageStatus.FINALIZED else None,
                                   allow_none=True, metadata={"description": "the whole package as one tar"})
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from casstore.errors import InvalidPath
+from casstore.models import PackageStatus
 from casstore.paths import validate_path
 
 from .producer.client import ApiError, StoreClient, Unreachable
@@ -71,7 +72,7 @@ class Downloader:
             package = self.client.package(self.package_id)
         except ApiError as exc:
             raise DownloadError(f"package {self.package_id}: {exc}", 2) from exc
-        if not package.get("manifest_digest") or package.get("status") != "finalized":
+        if not package.get("manifest_digest") or package.get("status") != PackageStatus.FINALIZED:
             raise DownloadError(f"package {self.package_id} is {package.get('status')}: only a finalized "
                                 f"package can be downloaded", 2)
         response = self.client.stream(f"/v1/packages/{self.package_id}/manifest")

@@ -35,7 +35,7 @@ from .. import layout
 from ..cas import BlobStore, Location
 from ..db import Database
 from ..errors import Gone, NotFound, ObjectMissing, RangeNotSatisfiable
-from ..models import FileEntry, Package, StorageLocation
+from ..models import FileEntry, Package, PackageStatus, StorageLocation
 from .lookup import load_package
 
 BLOCK = 512
@@ -116,7 +116,7 @@ class ArchiveService:
         """The package and its members in archive order (manifest first), locations resolved."""
         with self.db.read() as session:
             package = load_package(session, package_id)
-            if package.status == "deleted":
+            if package.status == PackageStatus.DELETED:
                 raise Gone(f"package {package_id} was deleted; its archive is gone with its files",
                            package_id=package_id)
             if package.manifest_digest is None:

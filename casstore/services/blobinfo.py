@@ -14,7 +14,7 @@ from sqlalchemy import and_, or_, select
 from ..db import Database
 from ..digests import parse_sha256
 from ..errors import InvalidInput, NotFound
-from ..models import Blob, FileEntry, Package
+from ..models import Blob, FileEntry, Package, PackageStatus
 
 
 @dataclass
@@ -53,7 +53,7 @@ class BlobInfoService:
                     .join(Package, Package.id == FileEntry.package_id)
                     .where(FileEntry.blob_sha256 == digest))
             if not include_deleted:
-                stmt = stmt.where(Package.status != "deleted")
+                stmt = stmt.where(Package.status != PackageStatus.DELETED)
             if cursor:
                 after_package, after_path = _split_cursor(cursor)
                 stmt = stmt.where(or_(FileEntry.package_id < after_package,

@@ -10,6 +10,10 @@ from marshmallow import RAISE
 from . import context
 from .schemas_consumers import ArchiveQuery
 
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+TAR_LAYOUT = ("tar: `<id>.manifest.json` (the exact manifest bytes), then every file as `<id>/<logical path>` "
+              "in manifest order; the same bytes on every request (zip: the same members)")
+
 blp = Blueprint("archive", __name__, url_prefix="/v1/packages", description="Whole-package archives")
 
 
@@ -26,11 +30,13 @@ def _wanted_range(etag: str):
 @blp.route("/<string:package_id>/archive")
 class PackageArchive(MethodView):
     @blp.arguments(ArchiveQuery, location="query", unknown=RAISE)
-    @blp.response(200, content_type="application/x-tar",
-                  description="tar: `<id>.manifest.json` (the exact manifest bytes), then every file as "
-                              "`<id>/<logical path>` in manifest order; the same bytes on every request")
+    @blp.response(200, content_type="application/x-tar", description=TAR_LAYOUT)
     @blp.alt_response(206, description="the requested byte range of the tar")
     @blp.alt_response(304, description="If-None-Match named this archive")
+    @blp.doc(responses={
+        "200": {"description": TAR_LAYOUT, "content": {"application/x-tar": BINARY, "application/zip": BINARY}},
+        "206": {"description": "the requested byte range of the tar", "content": {"application/x-tar": BINARY}},
+    })
     def get(self, query, package_id):
         """Download a finalized package as one uncompressed tar (default) or zip (stored, zip64).
 

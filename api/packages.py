@@ -32,6 +32,9 @@ class Packages(MethodView):
 @blp.route("/<string:package_id>")
 class PackageItem(MethodView):
     @blp.response(200, PackageOut)
+    @blp.doc(responses={"200": {
+        "description": "the package; a browser (Accept preferring text/html) gets its page instead",
+        "content": {"application/json": {"schema": PackageOut}, "text/html": {"schema": {"type": "string"}}}}})
     def get(self, package_id):
         """A package's metadata, counts, retention and manifest digest."""
         return context.store().packages.get(package_id)

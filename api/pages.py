@@ -2,7 +2,8 @@
 
 ``/`` lists recent packages (filtered by run id, profiles, producer, status);
 ``GET /v1/packages/<id>`` answers a browser (Accept: text/html) with the
-package's page instead of its JSON: metadata, retention, holds, events, and
+package's page instead of its JSON (api/packages.py asks ``wants_html``, so
+the page passes through the same view, and the same access rule, as the JSON): metadata, retention, holds, events, and
 its files with sizes, digests and download links that work for any name
 (every link is built by api/links.py, percent-encoded). Every other client
 keeps getting JSON from the same URL, the one Statehub records.
@@ -65,13 +66,6 @@ def _html(body: str) -> Response:
     return response
 
 
-def _negotiate():
-    """Answer a browser's GET of a package URL with the page; everyone else gets the JSON."""
-    if request.method in ("GET", "HEAD") and request.endpoint == PACKAGE_ENDPOINT and wants_html():
-        return package_page(request.view_args["package_id"])
-    return None
-
-
 def _vary(response: Response) -> Response:
     if request.endpoint == PACKAGE_ENDPOINT:
         response.vary.add("Accept")
@@ -95,7 +89,6 @@ def when(value) -> str:
 
 def register(app) -> None:
     app.register_blueprint(bp)
-    app.before_request(_negotiate)
     app.after_request(_vary)
     app.jinja_env.filters["size"] = size
     app.jinja_env.filters["when"] = when

@@ -163,3 +163,26 @@ def test_archive_of_a_package_that_is_not_finalized_or_deleted(server, store):
     server.http.post(f"{server.url}/v1/packages/{gone}/finalize")
     assert server.http.delete(f"{server.url}/v1/packages/{gone}", params={"reason": "t"}).status_code == 200
     assert_problem(server.http.get(f"{server.url}/v1/packages/{gone}/archive"), 410)
+
+
+def test_tar_and_zip_from_an_s3_backend(settings, tmp_path):
+    """The same archive, byte for byte, when the blobs (loose and packed) are on S3 (range reads)."""
+    from casstore.store import Store
+    from tests.helpers import LiveServer, make_storage
+
+    store = Store(settings, storage=make_storage("s3", tmp_path))
+    live = LiveServer(store)
+    try:
+        pkg = finalized_package(live, HOSTILE, {"raw/captures/big dump.bin": BIG})
+        whole = live.http.get(f"{live.url}/v1/packages/{pkg}/archive")
+        with tarfile.open(fileobj=io.BytesIO(whole.content), mode="r:") as tar:
+            got = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+        assert got == expected_members(live, pkg)
+        part = live.http.get(f"{live.url}/v1/packages/{pkg}/archive", headers={"Range": "bytes=700-90000"})
+        assert part.status_code == 206 and part.content == whole.content[700:90001]
+        zipped = live.http.get(f"{live.url}/v1/packages/{pkg}/archive?format=zip").content
+        with zipfile.ZipFile(io.BytesIO(zipped)) as z:
+            assert [(i.filename, z.read(i)) for i in z.infolist()] == got
+    finally:
+        live.close()
+        store.close()

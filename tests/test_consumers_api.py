@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from html.parser import HTMLParser
 from urllib.parse import urljoin
@@ -163,3 +164,23 @@ def test_docs_load_their_assets_from_the_app(server):
     for asset in re.findall(r'(?:src|href)="([^"]+)"', docs):
         r = server.http.get(urljoin(f"{server.url}/docs", asset))
         assert r.status_code == 200 and len(r.content) > 1000, asset
+
+
+def test_ingest_prints_the_public_url_not_the_address_it_used(settings, example_run, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    public = "https://artifacts.example.org"
+    store = Store(Settings(**{**settings.__dict__, "public_url": public}))
+    live = LiveServer(store)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "artifact_store.cli", "ingest", str(example_run), "--url",
+                               live.url, "--no-cache", "--quiet"], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "XDG_CACHE_HOME": str(tmp_path)})
+        assert proc.returncode == 0, proc.stderr
+        result = json.loads(proc.stdout)
+        assert result["url"] == f"{public}/v1/packages/{result['package_id']}"
+    finally:
+        live.close()
+        store.close()

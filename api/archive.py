@@ -47,9 +47,8 @@ class PackageArchive(MethodView):
         if query["format"] == "zip":
             archive = archives.zip(package_id)
         else:
-            probe = archives.tar(package_id)  # the layout only: no byte is read until iterated
-            byte_range = _wanted_range(f'"{probe.etag}"')
-            archive = probe if byte_range is None else archives.tar(package_id, byte_range)
+            whole = archives.tar(package_id)  # the layout only: no byte is read until iterated
+            archive = whole.ranged(_wanted_range(f'"{whole.etag}"'))
         return archive_response(archive)
 
 

@@ -9,7 +9,9 @@ rounds and best vs best), and the server's peak RSS (VmHWM of master and
 workers, over a server started after the ingest so that it holds only
 downloads).
 
-    python bench/archive.py [--rounds 5] [--work /tmp/archive-bench]
+    python bench/archive.py [--rounds 5] [--work /tmp/archive-bench] [--small-files N --big-mib M]
+
+(``--small-files 100000 --big-mib 0`` measures the memory of a package of many files instead.)
 """
 
 from __future__ import annotations
@@ -50,9 +52,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--work", default="/tmp/archive-bench")
     parser.add_argument("--big-mib", type=int, default=1024)
+    parser.add_argument("--small-files", type=int, default=1500)
     args = parser.parse_args()
     work = Path(args.work)
-    run = generate_run(work / "run", big_bytes=args.big_mib << 20)
+    run = generate_run(work / "run", small_files=args.small_files, big_bytes=args.big_mib << 20)
     data = work / "data"
     subprocess.run(["rm", "-rf", str(data)], check=True)
     env = {"ARTIFACT_STORE_DATA_DIR": str(data)}
@@ -65,7 +68,8 @@ def main() -> None:
     package = json.loads(ingest.stdout)["package_id"]
     server = ServerProcess(env, workers=2).start()  # a fresh server: its peak RSS is the downloads'
     try:
-        paths = {"file": f"/v1/packages/{package}/files/raw/captures/capture.bin",
+        single = "raw/captures/capture.bin" if args.big_mib else "run.json"
+        paths = {"file": f"/v1/packages/{package}/files/{single}",
                  "tar": f"/v1/packages/{package}/archive", "zip": f"/v1/packages/{package}/archive?format=zip"}
         fetch(server.url, paths["file"])  # warm the page cache: both read the same bytes from it
         results = {k: [] for k in paths}

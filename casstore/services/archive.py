@@ -25,8 +25,8 @@ from __future__ import annotations
 import bisect
 import json
 import tarfile
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from enum import Enum
 
 from sqlalchemy import select
@@ -51,7 +51,7 @@ class ArchiveFormat(str, Enum):
 MEDIA_TYPES = {ArchiveFormat.TAR: "application/x-tar", ArchiveFormat.ZIP: "application/zip"}
 
 
-@dataclass
+@dataclass(slots=True)
 class Member:
     """One archive member: its name, its bytes (a location, or bytes in hand) and its place."""
 
@@ -83,6 +83,14 @@ class Archive:
     start: int
     end: int  # exclusive
     chunks: Iterator[bytes]
+    _slice: Callable[[int, int], Iterator[bytes]] | None = None
+
+    def ranged(self, byte_range: tuple[int, int | None] | None) -> "Archive":
+        """The same archive restricted to a byte range (start, stop exclusive or None); tar only."""
+        if byte_range is None or self._slice is None:
+            return self
+        start, end = _resolve_range(byte_range, self.size)
+        return replace(self, start=start, end=end, chunks=self._slice(start, end))
 
     @property
     def etag(self) -> str:
@@ -134,16 +142,23 @@ class ArchiveService:
             raise ObjectMissing(f"no location recorded for the manifest of {package_id}")
         manifest = b"".join(self.blobs.read(manifest_at))
         members = [Member(f"{package_id}.manifest.json", len(manifest), None, manifest)]
-        for f in json.loads(manifest)["files"]:
+        files = json.loads(manifest)["files"]
+        while files:  # consumed from the end, so the parsed manifest is freed as the members are made
+            f = files.pop()
             location = where.get(f["sha256"])
             if location is None and f["size"]:
                 raise ObjectMissing(f"no location recorded for sha256:{f['sha256']} ({f['path']})")
             members.append(Member(f"{package_id}/{f['path']}", f["size"], location))
+        members[1:] = members[:0:-1]  # back to manifest order
         return package, members
 
     # ------------------------------------------------------------------ tar
     def tar(self, package_id: str, byte_range: tuple[int, int | None] | None = None) -> Archive:
-        """The tar of a finalized package, whole or the byte range (start, stop exclusive or None)."""
+        """The tar of a finalized package, whole or the byte range (start, stop exclusive or None).
+
+        Nothing is read from the backend until the chunks are iterated; ``Archive.ranged``
+        picks a range after the ETag is known (If-Range) without loading the layout again.
+        """
         package, members = self._members(package_id)
         mtime = int(package.finalized_at.timestamp())
         offset = 0
@@ -151,9 +166,13 @@ class ArchiveService:
             m.offset, m.header_size = offset, len(tar_header(m.name, m.size, mtime))
             offset = m.end
         size = offset + len(END_OF_ARCHIVE)
-        start, end = _resolve_range(byte_range, size)
-        return Archive(package.id, package.manifest_digest, ArchiveFormat.TAR, size, start, end,
-                       self._tar_bytes(members, mtime, size, start, end))
+
+        def slice_(start: int, end: int) -> Iterator[bytes]:
+            return self._tar_bytes(members, mtime, size, start, end)
+
+        whole = Archive(package.id, package.manifest_digest, ArchiveFormat.TAR, size, 0, size, slice_(0, size),
+                        slice_)
+        return whole.ranged(byte_range)
 
     def _tar_bytes(self, members: list[Member], mtime: int, size: int, start: int, end: int) -> Iterator[bytes]:
         """The bytes [start, end) of the tar, reading only the members that overlap them."""

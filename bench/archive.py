@@ -59,12 +59,17 @@ def main() -> None:
     data = work / "data"
     subprocess.run(["rm", "-rf", str(data)], check=True)
     env = {"ARTIFACT_STORE_DATA_DIR": str(data)}
-    server = ServerProcess(env, workers=2).start()
+    server = ServerProcess(env, workers=2, log_path=str(work / "server.log")).start()
     try:
-        ingest = subprocess.run([sys.executable, "-m", "artifact_store.cli", "ingest", str(run), "--url", server.url,
-                                 "--no-cache", "--quiet"], capture_output=True, text=True, check=True)
+        for _ in range(3):  # exit 1 means "run it again, it resumes" (a keep-alive connection can go stale)
+            ingest = subprocess.run([sys.executable, "-m", "artifact_store.cli", "ingest", str(run), "--url",
+                                     server.url, "--no-cache", "--quiet"], capture_output=True, text=True)
+            if ingest.returncode != 1:
+                break
     finally:
         server.stop()
+    if ingest.returncode:
+        sys.exit(f"ingest failed ({ingest.returncode}): {ingest.stderr.strip()}")
     package = json.loads(ingest.stdout)["package_id"]
     server = ServerProcess(env, workers=2).start()  # a fresh server: its peak RSS is the downloads'
     try:

@@ -186,3 +186,39 @@ def test_tar_and_zip_from_an_s3_backend(settings, tmp_path):
     finally:
         live.close()
         store.close()
+
+
+@pytest.mark.parametrize("name", ["a", "x" * 100, "x" * 101, "caf\u00e9", "d/" * 49 + "n", "sp ace/#?%20",
+                                  "\u2603" * 40])
+@pytest.mark.parametrize("size", [0, 1, 8 ** 11 - 1, 8 ** 11])
+def test_header_size_is_the_length_of_the_header(name, size):
+    from casstore.services.archive import header_size, tar_header
+
+    assert header_size(name, size, 1_790_000_000) == len(tar_header(name, size, 1_790_000_000))
+
+
+def test_manifest_files_are_read_one_at_a_time_as_json_would():
+    import json
+
+    from casstore.services.archive import manifest_files
+    from casstore.services.manifest import canonical_json
+
+    files = [{"path": p, "sha256": "0" * 64, "blake3": "1" * 64, "size": i, "media_type": "text/plain"}
+             for i, p in enumerate(["a", "b \u2603", 'q"uote', "z,]}"])]
+    canonical = canonical_json({"schema": "s", "package": {"metadata": {"files": [1]}}, "file_count": len(files),
+                                "total_bytes": 6, "files": files})
+    assert list(manifest_files(canonical)) == files
+    assert list(manifest_files(canonical_json({"file_count": 0, "files": []}))) == []
+    loose = json.dumps({"files": files, "file_count": 4}).encode()  # not canonical: parsed whole
+    assert list(manifest_files(loose)) == files
+
+
+@pytest.mark.parametrize("name", ["a", "x" * 100, "d/" * 49 + "n", "sp ace/#?%20", "-"])
+@pytest.mark.parametrize("size", [0, 1, 123456789, 8 ** 11 - 1])
+def test_plain_headers_are_the_bytes_tarfile_writes(name, size):
+    from casstore.services.archive import _ustar
+
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, 1_790_000_000, 0o644
+    info.uid, info.gid, info.uname, info.gname = 0, 0, "", ""
+    assert _ustar(name, size, 1_790_000_000) == info.tobuf(tarfile.PAX_FORMAT, "utf-8", "strict")

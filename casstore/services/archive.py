@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import re
 import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -106,8 +107,55 @@ class Archive:
         return MEDIA_TYPES[self.format]
 
 
+def manifest_files(manifest: bytes) -> Iterator[dict]:
+    """The manifest's file records one at a time, never all parsed at once.
+
+    A canonical manifest starts ``{"file_count":N,"files":[`` (keys sorted, no
+    white space), so each record is decoded where it stands; the memory of a
+    100,000-file package's layout is its members, not 100,000 dictionaries.
+    Anything else is parsed whole.
+    """
+    text = manifest.decode("utf-8")
+    head = re.match(r'\{"file_count":\d+,"files":\[', text)
+    if head is None:
+        yield from json.loads(text)["files"]
+        return
+    decoder, at = json.JSONDecoder(), head.end()
+    while text[at] != "]":
+        record, at = decoder.raw_decode(text, at)
+        yield record
+        if text[at] == ",":
+            at += 1
+
+
+def _plain(name: str, size: int, mtime: int) -> bool:
+    """An ASCII name of at most 100 bytes and numbers that fit their octal fields: no pax header."""
+    return name.isascii() and len(name) <= 100 and 0 <= size < 8 ** 11 and 0 <= mtime < 8 ** 11
+
+
+def header_size(name: str, size: int, mtime: int) -> int:
+    """len(tar_header(...)), without building it."""
+    return BLOCK if _plain(name, size, mtime) else len(tar_header(name, size, mtime))
+
+
+def _ustar(name: str, size: int, mtime: int) -> bytes:
+    """The one-block header ``tarfile`` writes for a plain member, built directly (tarfile's
+    general code took 70 us a member: most of the time of a 100,000-file archive)."""
+    buf = bytearray(BLOCK)
+    buf[0:len(name)] = name.encode("ascii")
+    buf[100:124] = b"0000644\x000000000\x000000000\x00"  # mode, uid, gid
+    buf[124:148] = b"%011o\x00%011o\x00" % (size, mtime)
+    buf[148:156] = b"        "  # the checksum is computed with its own field as spaces
+    buf[156] = ord(tarfile.REGTYPE)
+    buf[257:265] = tarfile.POSIX_MAGIC
+    buf[148:156] = b"%06o\x00 " % sum(buf)
+    return bytes(buf)
+
+
 def tar_header(name: str, size: int, mtime: int) -> bytes:
     """A member header with every field fixed but name, size and mtime (deterministic)."""
+    if _plain(name, size, mtime):
+        return _ustar(name, size, mtime)
     info = tarfile.TarInfo(name)
     info.size, info.mtime, info.mode, info.type = size, mtime, 0o644, tarfile.REGTYPE
     info.uid = info.gid = 0
@@ -142,14 +190,11 @@ class ArchiveService:
             raise ObjectMissing(f"no location recorded for the manifest of {package_id}")
         manifest = b"".join(self.blobs.read(manifest_at))
         members = [Member(f"{package_id}.manifest.json", len(manifest), None, manifest)]
-        files = json.loads(manifest)["files"]
-        while files:  # consumed from the end, so the parsed manifest is freed as the members are made
-            f = files.pop()
+        for f in manifest_files(manifest):
             location = where.get(f["sha256"])
             if location is None and f["size"]:
                 raise ObjectMissing(f"no location recorded for sha256:{f['sha256']} ({f['path']})")
             members.append(Member(f"{package_id}/{f['path']}", f["size"], location))
-        members[1:] = members[:0:-1]  # back to manifest order
         return package, members
 
     # ------------------------------------------------------------------ tar
@@ -163,7 +208,7 @@ class ArchiveService:
         mtime = int(package.finalized_at.timestamp())
         offset = 0
         for m in members:
-            m.offset, m.header_size = offset, len(tar_header(m.name, m.size, mtime))
+            m.offset, m.header_size = offset, header_size(m.name, m.size, mtime)
             offset = m.end
         size = offset + len(END_OF_ARCHIVE)
 

@@ -185,11 +185,14 @@ class ArchiveService:
                        StorageLocation.length)
                 .join(FileEntry, FileEntry.blob_sha256 == StorageLocation.blob_sha256)
                 .where(FileEntry.package_id == package_id).distinct())
-            where = {digest: Location(key, offset, length) for digest, key, offset, length in rows}
+            keys: dict[str, str] = {}  # one string per pack object, not one per blob in it
+            where = {digest: Location(keys.setdefault(key, key), offset, length)
+                     for digest, key, offset, length in rows}
         if manifest_at is None:
             raise ObjectMissing(f"no location recorded for the manifest of {package_id}")
         manifest = b"".join(self.blobs.read(manifest_at))
-        members = [Member(f"{package_id}.manifest.json", len(manifest), None, manifest)]
+        # read again when streamed: a request holds its layout, not the manifest's bytes
+        members = [Member(f"{package_id}.manifest.json", len(manifest), manifest_at)]
         for f in manifest_files(manifest):
             location = where.get(f["sha256"])
             if location is None and f["size"]:

@@ -4,9 +4,10 @@
    manifest digest the store records (else nothing is written);
 2. for every file of the manifest: a file already at its path with the
    manifest's size and SHA-256 is kept (so a second run resumes); otherwise
-   its bytes are streamed into ``<path>.part`` while hashed (a ``.part`` left
-   by an interrupted run is continued with a byte range) and moved into
-   place only when they hash to the manifest's SHA-256;
+   its bytes are streamed into ``DEST/.artifact-store-partial/<sha256 of the
+   path>`` while hashed (what an interrupted run left there is continued with
+   a byte range) and moved into place only when they hash to the manifest's
+   SHA-256;
 3. print one JSON line; exit 0 when every file is verified, 1 naming every
    file that is not (damaged on the backend, cut short, unwritable).
 
@@ -31,7 +32,7 @@ from casstore.paths import validate_path
 from .producer.client import ApiError, StoreClient, Unreachable
 
 BLOCK = 1 << 20
-PART = ".part"
+PARTIAL_DIR = ".artifact-store-partial"
 
 
 class DownloadError(Exception):
@@ -98,7 +99,7 @@ class Downloader:
             if target.is_file() and target.stat().st_size == size and sha256_of(target) == want:
                 return "kept"
             target.parent.mkdir(parents=True, exist_ok=True)
-            part = target.with_name(target.name + PART)
+            part = self.partial(path)
             got = self._fetch(path, part, size)
             if got != want:
                 part.unlink(missing_ok=True)
@@ -108,6 +109,13 @@ class Downloader:
         except (ApiError, Unreachable, OSError, InvalidPath) as exc:
             self.client.reset()
             return f"{type(exc).__name__}: {exc}"
+
+    def partial(self, path: str) -> Path:
+        """Where a file's bytes wait until they are checked: named by the path's SHA-256 in a folder
+        of DEST (any name beside the file could be another file of the package)."""
+        folder = self.dest / PARTIAL_DIR
+        folder.mkdir(exist_ok=True)
+        return folder / hashlib.sha256(path.encode("utf-8")).hexdigest()
 
     def _fetch(self, path: str, part: Path, size: int) -> str:
         """Stream the file into ``part`` (continuing what an earlier run left there); its SHA-256."""
@@ -145,6 +153,10 @@ class Downloader:
                     outcome.downloaded += 1
                 else:
                     outcome.failed.append(f"{entry['path']}: {result}")
+        try:
+            (self.dest / PARTIAL_DIR).rmdir()  # gone once every file is in place
+        except OSError:
+            pass
         return package, outcome
 
 

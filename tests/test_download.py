@@ -17,6 +17,8 @@ from tests.helpers import make_tar
 
 FILES = {
     "run.json": b'{"run_id": "dl"}',
+    "raw/x": b"x itself",
+    "raw/x.part": b"a file whose name ends like a partial download",
     "raw/logs/a b.log": b"alpha\n" * 50,
     "raw/logs/#2?.log": b"beta\n",
     "raw/logs/x%20y.log": b"gamma\n",
@@ -63,17 +65,20 @@ def test_download_writes_every_file_at_its_path_and_verifies_it(server, package,
     assert again.exit_code == 0 and line["kept"] == len(FILES) + len(BIG) and line["downloaded"] == 0
 
 
-def test_download_resumes_a_cut_file_and_replaces_a_wrong_one(server, package, tmp_path):
+def test_download_resumes_a_cut_file_and_replaces_a_wrong_one(server, package, tmp_path, caplog):
     dest = tmp_path / "out"
     big_path, big = next(iter(BIG.items()))
-    (dest / "raw/captures").mkdir(parents=True)
-    (dest / "raw/captures/dump.bin.part").write_bytes(big[:1000])  # left by an interrupted run
+    (dest / ".artifact-store-partial").mkdir(parents=True)  # left by an interrupted run
+    (dest / ".artifact-store-partial" / hashlib.sha256(big_path.encode()).hexdigest()).write_bytes(big[:1000])
     (dest / "raw/logs").mkdir(parents=True)
     (dest / "raw/logs/a b.log").write_bytes(b"tampered")
     result, line = download(server, package["id"], dest)
     assert result.exit_code == 0, result.output
     assert tree(dest) == {**FILES, **BIG}
     assert line["verified"] is True and line["downloaded"] == len(FILES) + len(BIG)
+    resumed = [r.getMessage() for r in caplog.records if "captures/dump.bin" in r.getMessage()]
+    assert len(resumed) == 1 and '" 206 ' in resumed[0]  # only the missing part was fetched
+    assert not (dest / ".artifact-store-partial").exists()
 
 
 def damage(store, path_in_package: str, package_id: str) -> None:

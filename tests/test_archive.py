@@ -130,6 +130,8 @@ def test_zip_holds_the_same_members_stored_and_is_deterministic(server, package)
     second = server.http.get(url)
     assert second.content == first.content and second.headers["ETag"] == first.headers["ETag"]
     assert second.headers["ETag"] != server.http.head(url.split("?")[0]).headers["ETag"]
+    ranged = server.http.get(url, headers={"Range": "bytes=10-20"})  # no ranges on a zip: the whole of it
+    assert ranged.status_code == 200 and ranged.content == first.content
 
 
 def test_zip64_when_the_package_has_more_than_65535_files(server):

@@ -17,6 +17,7 @@ from . import (
     audit,
     blob_lookup,
     blobs,
+    chunks,
     docs_assets,
     eligibility,
     files,
@@ -56,8 +57,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     store.capabilities  # probe the backend's conditional writes now, not on the first request
     api = problems.ProblemApi(app, spec_kwargs={"info": {"description": DESCRIPTION}})
     problems.register(app)
-    for module in (packages, files, archive, retention, blobs, blob_lookup, eligibility, audit, retention_classes,
-                   health):
+    for module in (packages, files, archive, retention, blobs, blob_lookup, chunks, eligibility, audit,
+                   retention_classes, health):
         api.register_blueprint(module.blp)
     pages.register(app)
     docs_assets.register(app)

@@ -224,3 +224,21 @@ def test_plain_headers_are_the_bytes_tarfile_writes(name, size):
     info.size, info.mtime, info.mode = size, 1_790_000_000, 0o644
     info.uid, info.gid, info.uname, info.gname = 0, 0, "", ""
     assert _ustar(name, size, 1_790_000_000) == info.tobuf(tarfile.PAX_FORMAT, "utf-8", "strict")
+
+
+def test_archive_of_a_package_holding_a_chunked_file(server, store):
+    """A large file stored as content-defined chunks is read through its recipe, byte for byte."""
+    capture = b"".join(sha(i.to_bytes(4, "big")).encode() * 512 for i in range(700)) + os.urandom(1 << 20)
+    pkg = finalized_package(server, {"run.json": b"{}", "z/after.log": b"after\n"}, {"raw/capture.bin": capture})
+    with store.db.engine.connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM blob WHERE chunker IS NOT NULL")).scalar() == 1
+    url = f"{server.url}/v1/packages/{pkg}/archive"
+    whole = server.http.get(url).content
+    with tarfile.open(fileobj=io.BytesIO(whole), mode="r:") as tar:
+        got = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    assert got[f"{pkg}/raw/capture.bin"] == capture and got[f"{pkg}/z/after.log"] == b"after\n"
+    at = whole.index(capture[:4096])
+    part = server.http.get(url, headers={"Range": f"bytes={at + 5_000_000}-{at + len(capture) + 700}"})
+    assert part.status_code == 206 and part.content == whole[at + 5_000_000:at + len(capture) + 701]
+    with zipfile.ZipFile(io.BytesIO(server.http.get(url + "?format=zip").content)) as z:
+        assert z.read(f"{pkg}/raw/capture.bin") == capture

@@ -36,7 +36,7 @@ from .. import layout
 from ..cas import BlobStore, Location
 from ..db import Database
 from ..errors import Gone, NotFound, ObjectMissing, RangeNotSatisfiable
-from ..models import FileEntry, Package, PackageStatus, StorageLocation
+from ..models import Blob, FileEntry, Package, PackageStatus, StorageLocation
 from .lookup import load_package
 
 BLOCK = 512
@@ -181,13 +181,18 @@ class ArchiveService:
             manifest_hex = package.manifest_digest.removeprefix("sha256:")
             manifest_at = self.blobs.locate(session, manifest_hex)
             rows = session.execute(
-                select(StorageLocation.blob_sha256, StorageLocation.object_key, StorageLocation.offset,
+                select(Blob.sha256, Blob.size, Blob.chunker, StorageLocation.object_key, StorageLocation.offset,
                        StorageLocation.length)
-                .join(FileEntry, FileEntry.blob_sha256 == StorageLocation.blob_sha256)
+                .join(FileEntry, FileEntry.blob_sha256 == Blob.sha256)
+                .outerjoin(StorageLocation, StorageLocation.blob_sha256 == Blob.sha256)
                 .where(FileEntry.package_id == package_id).distinct())
             keys: dict[str, str] = {}  # one string per pack object, not one per blob in it
-            where = {digest: Location(keys.setdefault(key, key), offset, length)
-                     for digest, key, offset, length in rows}
+            where: dict[str, Location] = {}
+            for digest, size, chunker, key, offset, length in rows:
+                if chunker is not None:  # a chunked file: read through its recipe
+                    where[digest] = Location.of_recipe(digest, size)
+                elif key is not None:
+                    where[digest] = Location(keys.setdefault(key, key), offset, length)
         if manifest_at is None:
             raise ObjectMissing(f"no location recorded for the manifest of {package_id}")
         manifest = b"".join(self.blobs.read(manifest_at))

@@ -14,14 +14,18 @@ from casstore.paths import MAX_PATH_BYTES
 from casstore.store import Store
 
 from . import (
+    archive,
     audit,
+    blob_lookup,
     blobs,
     chunks,
+    docs_assets,
     eligibility,
     files,
     guards,
     health,
     packages,
+    pages,
     problems,
     retention,
     retention_classes,
@@ -46,9 +50,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
-        OPENAPI_REDOC_PATH="redoc",
-        OPENAPI_REDOC_URL="https://cdn.jsdelivr.net/npm/redoc/bundles/redoc.standalone.js",
+        OPENAPI_SWAGGER_UI_URL=docs_assets.url(settings),  # served by this app: /docs works offline
         MAX_FORM_MEMORY_SIZE=1 << 20,
     )
     app.json.sort_keys = False  # producer metadata comes back in the order it was given
@@ -63,8 +65,11 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.extensions["openapi"] = api
     problems.register(app)
     guards.install(app)
-    for module in (packages, files, retention, blobs, chunks, eligibility, audit, retention_classes, health):
+    for module in (packages, files, archive, retention, blobs, blob_lookup, chunks, eligibility, audit,
+                   retention_classes, health):
         api.register_blueprint(module.blp)
+    pages.register(app)
+    docs_assets.register(app)
     return app
 
 

@@ -12,7 +12,10 @@ from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, validat
 
 from casstore.errors import InvalidInput
 from casstore.jsonvalues import check_name
+from casstore.models import PackageStatus
 from casstore.paths import MAX_PATH_BYTES
+
+from . import links
 
 SHA256_HEX = validate.Regexp(r"^(sha256:)?[0-9a-fA-F]{64}$", error="not a SHA-256 digest")
 PACKAGE_ID = r"^pkg_[0-9A-HJKMNP-TV-Z]{26}$"
@@ -123,6 +126,11 @@ class PackageOut(Schema):
     total_bytes = fields.Integer()
     manifest_digest = fields.String(allow_none=True)
     metadata = fields.Dict(attribute="producer_metadata")
+    url = fields.Function(lambda p: links.package_url(p.id),
+                          metadata={"description": "the package's URL (ARTIFACT_STORE_PUBLIC_URL based): "
+                                                   "JSON for programs, a page for browsers"})
+    archive_url = fields.Function(lambda p: links.archive_url(p.id) if p.status == PackageStatus.FINALIZED else None,
+                                  allow_none=True, metadata={"description": "the whole package as one tar"})
 
 
 class PackageQuery(Strict):

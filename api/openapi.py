@@ -36,6 +36,7 @@ CONFLICTS = {
 }
 DOWNLOADS = {("get", "/v1/packages/{package_id}/files/{logical_path}")}
 METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
+NEEDS_FINALIZED = ("/manifest", "/archive")  # not linked from a create: a created package has neither yet
 
 
 def _response(status: int) -> dict:
@@ -97,7 +98,7 @@ def _link_created_package(spec: dict) -> None:
         return
     links = {}
     for path, item in spec["paths"].items():
-        if not path.startswith("/v1/packages/{package_id}"):
+        if not path.startswith("/v1/packages/{package_id}") or path.endswith(NEEDS_FINALIZED):
             continue
         for method in METHODS:
             if method in item:

@@ -12,7 +12,8 @@ from werkzeug.routing import PathConverter
 from casstore.config import Settings
 from casstore.store import Store
 
-from . import audit, blobs, eligibility, files, health, packages, problems, retention, retention_classes
+from . import audit, auth, blobs, eligibility, files, health, metrics, packages, problems, retention, retention_classes
+from .observe import Observe
 
 
 class AnyPathConverter(PathConverter):
@@ -23,7 +24,9 @@ class AnyPathConverter(PathConverter):
 
 
 def create_app(settings: Settings | None = None, store: Store | None = None) -> Flask:
+    """The app; raises auth.StartupRefused when the settings would serve the store open to the network."""
     settings = settings or (store.settings if store else Settings.from_env())
+    access = auth.resolve(settings)
     app = Flask("artifact-store")
     app.config.update(
         API_TITLE="artifact-store",
@@ -44,8 +47,10 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     store.capabilities  # probe the backend's conditional writes now, not on the first request
     api = problems.ProblemApi(app, spec_kwargs={"info": {"description": DESCRIPTION}})
     problems.register(app)
-    for module in (packages, files, retention, blobs, eligibility, audit, retention_classes, health):
+    auth.install(app, access)
+    for module in (packages, files, retention, blobs, eligibility, audit, retention_classes, health, metrics):
         api.register_blueprint(module.blp)
+    app.wsgi_app = Observe(app.wsgi_app)
     return app
 
 

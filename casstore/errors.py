@@ -16,6 +16,8 @@ The HTTP layer maps each branch to one status, in one place (api/problems.py)::
     │   ├── RetentionConflict     a retention change would shorten expiry, or deletion is not allowed
     │   └── LeaseHeld             background work is already running elsewhere
     ├── RangeNotSatisfiable       416: a byte range outside the file
+    ├── Unauthenticated           401: no bearer token, or one that is unknown, expired or revoked
+    ├── Forbidden                 403: the token's role or producer names do not allow this request
     └── StorageError              503: the storage backend failed (raised only by storage.py)
         └── ObjectMissing         an object the caller expected is not on the backend
 
@@ -116,6 +118,18 @@ class RangeNotSatisfiable(CasstoreError):
     """The requested byte range does not overlap the file."""
 
     title = "Range Not Satisfiable"
+
+
+class Unauthenticated(CasstoreError):
+    """The request carries no valid bearer token; ``extra['reason']`` says which way it failed."""
+
+    title = "Unauthorized"
+
+
+class Forbidden(CasstoreError):
+    """The token is valid, but its role or its producer names do not allow this request."""
+
+    title = "Forbidden"
 
 
 class StorageError(CasstoreError):

@@ -16,6 +16,7 @@ from .services.gc import GcService
 from .services.health import HealthService
 from .services.packages import PackageService
 from .services.retention import RetentionService
+from .services.tokens import TokenService
 from .services.verify import VerifyService
 from .storage import Storage, open_storage
 
@@ -34,6 +35,7 @@ class Store:
         self.eligibility = EligibilityService(self.db, self.blobs)
         self.gc = GcService(self.db, self.storage, self.blobs)
         self.audit = AuditService(self.db)
+        self.tokens = TokenService(self.db)
         self._capabilities: dict | None = None
 
     @property

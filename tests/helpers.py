@@ -7,7 +7,8 @@
 - commands: ``cli`` (an operator command as a process), ``environment`` (the
   settings of a process over PostgreSQL and S3);
 - backends: ``make_storage``, ``remaining_keys``, ``leave_stray_write``, ``s3_url``;
-- load: ``PackageChurn``, the workload of the gc race tests.
+- load: ``PackageChurn``, the workload of the gc race tests;
+- tokens: ``make_token`` (through the service), ``bearer`` (the header).
 """
 
 from __future__ import annotations
@@ -287,12 +288,32 @@ def leave_stray_write(storage, key: str) -> bool:
 
 # ---------------------------------------------------------------- load
 
+def make_token(store: Store, role: str, name: str | None = None, producers: list[str] | None = None,
+               **kwargs) -> str:
+    """A new token's secret, made through the service (as `artifact-store token create` does)."""
+    _, secret = store.tokens.create(name=name or f"{role}-{uuid.uuid4().hex[:8]}", role=role,
+                                    producers=producers or [], actor="test", **kwargs)
+    return secret
+
+
+def bearer(token: str | None) -> dict:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 class PackageChurn(threading.Thread):
+    """Create, fill, finalize and delete packages in a loop (producer "churn").
+
+    With tokens, ingestion uses ``producer_token`` and deletion ``operator_token``, as a CI
+    runner and an operator would.
+    """
+
     def __init__(self, urls: list[str], shared: list[bytes], seed: int, stop: threading.Event, errors: list,
-                 pace: threading.Semaphore | None = None, keep: int = 2) -> None:
+                 pace: threading.Semaphore | None = None, keep: int = 2, producer_token: str | None = None,
+                 operator_token: str | None = None) -> None:
         super().__init__(daemon=True)
         self.urls, self.shared, self.rng = urls, shared, random.Random(seed)
         self.stop, self.errors, self.pace, self.keep = stop, errors, pace, keep
+        self.producer, self.operator = bearer(producer_token), bearer(operator_token)
         self.kept: dict[str, dict[str, bytes]] = {}
         self.done = self.deleted = self.reuploads = 0
 
@@ -301,6 +322,7 @@ class PackageChurn(threading.Thread):
 
     def run(self) -> None:
         http = requests.Session()
+        http.headers.update(self.producer)
         try:
             while not self.stop.is_set():
                 if self.pace is None or self.pace.acquire(timeout=0.1):
@@ -337,7 +359,8 @@ class PackageChurn(threading.Thread):
         self.kept[pkg] = files
         while len(self.kept) > self.keep:
             oldest = next(iter(self.kept))
-            r = http.delete(f"{self.url()}/v1/packages/{oldest}", params={"reason": "churn"})
+            r = http.delete(f"{self.url()}/v1/packages/{oldest}", params={"reason": "churn"},
+                            headers=self.operator)
             assert r.status_code == 200, r.text
             del self.kept[oldest]
             self.deleted += 1

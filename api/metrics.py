@@ -26,8 +26,8 @@ from prometheus_client import (
     Counter,
     Histogram,
     generate_latest,
+    multiprocess,
 )
-from prometheus_client import multiprocess
 
 REQUESTS = Counter("artifact_store_http_requests", "HTTP requests answered", ["route", "method", "status"])
 DURATION = Histogram("artifact_store_http_request_duration_seconds",

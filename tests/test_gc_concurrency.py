@@ -9,9 +9,9 @@ with an operator token, as CI runners and operators do.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
-import dataclasses
 import threading
 import time
 from datetime import timedelta

@@ -9,7 +9,6 @@ from sqlmodel import Session
 
 from ..models import AuditEvent, utcnow
 
-
 # Who asked, beyond the actor: the HTTP layer binds the request id (and the token id, and the
 # client's free-text X-Actor note when a token names the actor) for the request's thread.
 _request: ContextVar[dict | None] = ContextVar("audit_request", default=None)

@@ -1,4 +1,7 @@
-"""A real gunicorn server killed with SIGKILL during uploads, restarted, and checked byte for byte."""
+"""A real gunicorn server killed with SIGKILL during uploads, restarted, and checked byte for byte.
+
+The server runs with authentication on: the uploads carry a producer token.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from casstore import layout
 from casstore.config import Settings
 from casstore.store import Store
 from casstore.tarstream import tar_of
-from tests.helpers import ServerProcess
+from tests.helpers import ServerProcess, bearer, make_token
 
 
 def slow_body(seed: bytes, chunks: int, started: threading.Event):
@@ -36,9 +39,9 @@ def body_digest(seed: bytes, chunks: int) -> str:
     return digest.hexdigest()
 
 
-def put_streaming(url: str, body, method: str = "PUT") -> None:
+def put_streaming(url: str, body, method: str = "PUT", headers: dict | None = None) -> None:
     try:
-        requests.request(method, url, data=body, timeout=60)
+        requests.request(method, url, data=body, timeout=60, headers=headers)
     except requests.RequestException:
         pass  # the server died under us: expected
 
@@ -60,9 +63,15 @@ def slow_tar(files: dict[str, bytes], started: threading.Event):
 
 @pytest.mark.slow
 def test_kill_during_uploads_then_restart_and_verify(tmp_path, database_url):
-    env = {"ARTIFACT_STORE_DATA_DIR": str(tmp_path / "data"), "ARTIFACT_STORE_DATABASE_URL": database_url}
+    env = {"ARTIFACT_STORE_DATA_DIR": str(tmp_path / "data"), "ARTIFACT_STORE_DATABASE_URL": database_url,
+           "ARTIFACT_STORE_AUTH": "on"}
+    setup = Store(Settings.from_env(env))
+    producer = bearer(make_token(setup, "producer", "ci-crash", producers=["crash"]))
+    setup.close()
     server = ServerProcess(env, workers=2, log_path=str(tmp_path / "server.log")).start()
     http = requests.Session()
+    http.headers.update(producer)
+    assert http.get(f"{server.url}/v1/packages", headers={"Authorization": ""}).status_code == 401
     try:
         finished: dict[str, dict[str, bytes]] = {}
         for i in range(3):
@@ -85,13 +94,15 @@ def test_kill_during_uploads_then_restart_and_verify(tmp_path, database_url):
             in_flight.append(body_digest(seed, 40))
             events.append(started)
             t = threading.Thread(target=put_streaming, args=(
-                f"{server.url}/v1/packages/{pending}/files/big{k}.bin", slow_body(seed, 40, started)))
+                f"{server.url}/v1/packages/{pending}/files/big{k}.bin", slow_body(seed, 40, started), "PUT",
+                producer))
             t.start()
             threads.append(t)
         started = threading.Event()
         events.append(started)
         threads.append(threading.Thread(target=put_streaming, args=(
-            f"{server.url}/v1/packages/{pending}/tar", slow_tar(small_files("pending"), started), "POST")))
+            f"{server.url}/v1/packages/{pending}/tar", slow_tar(small_files("pending"), started), "POST",
+            producer)))
         threads[-1].start()
         for started in events:
             assert started.wait(20)

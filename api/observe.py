@@ -9,13 +9,14 @@ bodies, audit events) and returned in X-Request-Id.
 The access log is one JSON object per line on the ``artifact_store.access``
 logger: request id, token name ("-" when anonymous or auth is off), method,
 route, path, status, bytes in and out, duration in milliseconds, client
-address.
+address, and the process (worker) that answered.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 
 from ulid import ULID
@@ -94,7 +95,7 @@ class Observe:
                     "method": environ.get("REQUEST_METHOD", ""), "route": route or "unmatched",
                     "path": environ.get("PATH_INFO", "")[:MAX_LOGGED_PATH], "status": status[0],
                     "bytes_in": bytes_in, "bytes_out": bytes_out, "duration_ms": round(seconds * 1000, 2),
-                    "remote": environ.get("REMOTE_ADDR")}))
+                    "remote": environ.get("REMOTE_ADDR"), "pid": os.getpid()}))
 
         try:
             body = self.app(environ, start)

@@ -41,11 +41,11 @@ class Need(Enum):
     """What a request must present. Every row of POLICY is one of these."""
 
     PUBLIC = "anyone"
-    ANONYMOUS_READ = "reader (anonymous too with ARTIFACT_STORE_ANONYMOUS_READ=true)"
+    ANONYMOUS_READ = "reader; anonymous too with ANONYMOUS_READ"
     READ = "reader"
     PRODUCE = "producer"
-    PRODUCE_OWN_NAME = "producer, for a producer name its token carries"
-    PRODUCE_OWN_PACKAGE = "producer, for a package of a producer name its token carries"
+    PRODUCE_OWN_NAME = "producer, for its own producer names"
+    PRODUCE_OWN_PACKAGE = "producer, for its own producers' packages"
     OPERATE = "operator"
     SCRAPE = "operator or metrics"
 

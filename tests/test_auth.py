@@ -331,3 +331,9 @@ def test_serve_refuses_auth_off_on_a_network_address(settings):
     assert refused.returncode == 2
     assert refused.stderr.strip().count("\n") == 0
     assert refused.stderr.startswith("error: refusing to start: ARTIFACT_STORE_AUTH=off")
+
+
+def test_docs_security_lists_every_row_of_the_table():
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "security.md").read_text()
+    rows = set(re.findall(r"^\| `(\w+)` \| `([^`]+)` \| ([^|]+?) \|$", doc, re.M))
+    assert rows == {(m, r, n.value) for (m, r), n in auth.POLICY.items()}

@@ -47,7 +47,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     store.capabilities  # probe the backend's conditional writes now, not on the first request
     api = problems.ProblemApi(app, spec_kwargs={"info": {"description": DESCRIPTION}})
     problems.register(app)
-    auth.install(app, access)
+    auth.install(app, api, access)
     for module in (packages, files, retention, blobs, eligibility, audit, retention_classes, health, metrics):
         api.register_blueprint(module.blp)
     app.wsgi_app = Observe(app.wsgi_app)

@@ -166,10 +166,16 @@ def describe(config: AuthConfig) -> str:
 
 # ---------------------------------------------------------------- the hook
 
-def install(app, config: AuthConfig) -> None:
+def install(app, api, config: AuthConfig) -> None:
+    """Run ``authorize`` before every request, and describe bearer tokens in the OpenAPI document."""
     app.extensions["artifact_store.auth"] = config
     app.before_request(authorize)
     app.teardown_request(_unbind)
+    api.spec.components.security_scheme("bearer", {
+        "type": "http", "scheme": "bearer",
+        "description": "artifact-store token (as_...); required unless the service binds loopback only. "
+                       "Which role each operation needs: docs/security.md"})
+    api.spec.options["security"] = [{"bearer": []}, {}]  # {}: health, the spec, and the loopback default
 
 
 def config() -> AuthConfig:
@@ -216,7 +222,7 @@ def authorize():
 def _check_producer(who: Principal, need: Need) -> None:
     """A producer token writes only for the producer names it carries."""
     if need is Need.PRODUCE_OWN_NAME:
-        body = request.get_json(silent=True)
+        body = request.get_json(force=True, silent=True)  # whatever the Content-Type: never less than the view
         producer = body.get("producer") if isinstance(body, dict) else None
         if isinstance(producer, str) and producer not in who.producers:
             raise Forbidden(f"this token may not create packages for producer {producer[:128]!r}",

@@ -12,7 +12,20 @@ from werkzeug.routing import PathConverter
 from casstore.config import Settings
 from casstore.store import Store
 
-from . import audit, auth, blobs, eligibility, files, health, metrics, packages, problems, retention, retention_classes
+from . import (
+    audit,
+    auth,
+    blobs,
+    eligibility,
+    files,
+    health,
+    metrics,
+    packages,
+    problems,
+    retention,
+    retention_classes,
+    tokens,
+)
 from .observe import Observe
 
 
@@ -48,7 +61,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     api = problems.ProblemApi(app, spec_kwargs={"info": {"description": DESCRIPTION}})
     problems.register(app)
     auth.install(app, api, access)
-    for module in (packages, files, retention, blobs, eligibility, audit, retention_classes, health, metrics):
+    for module in (packages, files, retention, blobs, eligibility, audit, retention_classes, health, metrics,
+                   tokens):
         api.register_blueprint(module.blp)
     app.wsgi_app = Observe(app.wsgi_app)
     return app

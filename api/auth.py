@@ -84,6 +84,10 @@ POLICY: dict[tuple[str, str], Need] = {
     ("POST", "/v1/packages/{package_id}/holds"): Need.OPERATE,
     ("DELETE", "/v1/packages/{package_id}/holds/{hold_id}"): Need.OPERATE,
     ("DELETE", "/v1/packages/{package_id}"): Need.OPERATE,
+    # tokens
+    ("GET", "/v1/tokens"): Need.OPERATE,
+    ("POST", "/v1/tokens"): Need.OPERATE,
+    ("DELETE", "/v1/tokens/{token_id}"): Need.OPERATE,
 }
 
 RANK = {Role.READER: 1, Role.PRODUCER: 2, Role.OPERATOR: 3, Role.METRICS: 0}

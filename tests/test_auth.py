@@ -124,6 +124,11 @@ CASES = [
          new_package(s, o, hold=True))),
     ("DELETE", "/v1/packages/{package_id}", OPERATE, 200,
      lambda s, o: (f"/v1/packages/{new_package(s, o, final=True)['id']}", {"params": {"reason": "expired"}})),
+    ("GET", "/v1/tokens", OPERATE, 200, lambda s, o: ("/v1/tokens", {})),
+    ("POST", "/v1/tokens", OPERATE, 201,
+     lambda s, o: ("/v1/tokens", {"json": {"name": "new", "role": "producer", "producers": [o]}})),
+    ("DELETE", "/v1/tokens/{token_id}", OPERATE, 200,
+     lambda s, o: (f"/v1/tokens/{s.tokens.create(name='old', role='reader', actor='test')[0].id}", {})),
 ]
 
 
@@ -293,6 +298,31 @@ def test_the_database_holds_no_token_secret(secured):
         store.db.engine.dispose()
         raw = b"".join(Path(p).read_bytes() for p in (path, path + "-wal") if Path(p).exists())
         assert all(s[3:].encode() not in raw for s in secrets)
+
+
+def test_operators_manage_tokens_over_http(secured):
+    server, store, tokens = secured
+    operator = bearer(tokens["operator"])
+    made = requests.post(f"{server.url}/v1/tokens", headers=operator,
+                         json={"name": "ci-7", "role": "producer", "producers": ["mine"], "expires_in_days": 7})
+    assert made.status_code == 201
+    secret, token_id = made.json()["token"], made.json()["id"]
+    assert made.json()["expires_at"] is not None and made.json()["created_by"] == "olga"
+    assert requests.post(f"{server.url}/v1/packages", json={"producer": "mine"},
+                         headers=bearer(secret)).status_code == 201
+    listed = requests.get(f"{server.url}/v1/tokens", headers=operator).json()["items"]
+    assert [t["name"] for t in listed] == ["rita", "ci-mine", "olga", "prometheus", "ci-7"]
+    assert all("token" not in t for t in listed)
+    revoked = requests.delete(f"{server.url}/v1/tokens/{token_id}", headers=operator)
+    assert revoked.status_code == 200 and revoked.json()["revoked_by"] == "olga"
+    assert_problem(requests.get(f"{server.url}/v1/packages", headers=bearer(secret)), 401)
+    assert_problem(requests.delete(f"{server.url}/v1/tokens/tok_nope", headers=operator), 404)
+    bad = requests.post(f"{server.url}/v1/tokens", headers=operator, json={"name": "x", "role": "reader",
+                                                                          "producers": ["mine"]})
+    assert assert_problem(bad, 422)["detail"] == "only producer tokens carry producer names"
+    events = [(e.action, e.actor) for e in store.audit.feed(action="token.created").items[-1:]]
+    assert events == [("token.created", "olga")]
+    assert [(e.actor, e.subject) for e in store.audit.feed(action="token.revoked").items] == [("olga", token_id)]
 
 
 def test_token_commands(settings):

@@ -26,10 +26,10 @@ from enum import Enum
 
 from flask import current_app, g, request
 
+from casstore import auditlog as audit
 from casstore.config import Settings
 from casstore.errors import Forbidden, NotFound, Unauthenticated
 from casstore.models import Role
-from casstore.services import audit
 from casstore.services.tokens import Principal
 
 from . import metrics, problems

@@ -7,6 +7,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import RAISE
 
+from casstore.body import RequestBody
 from casstore.digests import content_digest_header, parse_content_digest, parse_sha256
 from casstore.errors import InvalidDigest
 
@@ -15,16 +16,13 @@ from .schemas import AttachRequest, AttachResult, FileEntryOut, FilePage, FileQu
 
 blp = Blueprint("files", __name__, url_prefix="/v1/packages", description="Files of a package")
 
-CHUNK = 1 << 20
 UNSPECIFIED_TYPES = {"", "application/x-www-form-urlencoded"}  # what curl sends when told nothing
 PATH_PREFIX_SEGMENTS = 4  # /v1/packages/<id>/files/<logical path>
 
 
-def body_chunks():
-    """The raw request body, 1 MiB at a time (never all of it in memory)."""
-    stream = request.stream
-    while chunk := stream.read(CHUNK):
-        yield chunk
+def request_body() -> RequestBody:
+    """The raw request body, held to its Content-Length (a body that ends early is refused)."""
+    return RequestBody(request.stream, request.content_length)
 
 
 def expected_digest() -> str | None:
@@ -77,7 +75,7 @@ class TarUpload(MethodView):
 
         Content-Digest (or X-Checksum-Sha256), if sent, is the whole body's: 422 if it differs.
         """
-        added = context.store().files.put_tar(package_id, request.stream, actor=context.actor(),
+        added = context.store().files.put_tar(package_id, request_body(), actor=context.actor(),
                                               replace=query["replace"], expected_sha256=expected_digest())
         return {"added": added}
 
@@ -85,14 +83,20 @@ class TarUpload(MethodView):
 @blp.route("/<string:package_id>/files/<anypath:logical_path>")
 class FileItem(MethodView):
     @blp.arguments(UploadQuery, location="query", unknown=RAISE)
-    @blp.response(201, FileEntryOut)
+    @blp.response(201, FileEntryOut, description="the file was added (or replaced)")
+    @blp.alt_response(200, schema=FileEntryOut, description="the path already held exactly these bytes")
     @blp.doc(requestBody={"content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}})
     def put(self, query, package_id, logical_path):
-        """Stream one file in; the server hashes it (422 if it differs from Content-Digest)."""
-        return context.store().files.put(
-            package_id, context.raw_logical_path(PATH_PREFIX_SEGMENTS), body_chunks(), actor=context.actor(),
-            media_type=media_type(), expected_sha256=expected_digest(), replace=query["replace"],
-            size_hint=request.content_length)
+        """Stream one file in; the server hashes it (422 if it differs from Content-Digest).
+
+        A body shorter than its Content-Length, or a chunked body cut off, is 400 and records nothing.
+        Sending the same bytes to the same path again answers 200 with the entry (a safe retry).
+        """
+        entry, changed = context.store().files.put(
+            package_id, context.raw_logical_path(PATH_PREFIX_SEGMENTS), request_body().chunks(),
+            actor=context.actor(), media_type=media_type(), expected_sha256=expected_digest(),
+            expected_size=request.content_length, replace=query["replace"])
+        return entry, 201 if changed else 200
 
     @blp.response(200, content_type="application/octet-stream", description="the file's bytes")
     @blp.alt_response(206, description="the requested byte range")

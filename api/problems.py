@@ -24,6 +24,7 @@ PROBLEM_JSON = "application/problem+json"
 STATUS = (
     (errors.Gone, 410),
     (errors.NotFound, 404),
+    (errors.IncompleteBody, 400),
     (errors.InvalidInput, 422),
     (errors.Conflict, 409),
     (errors.RangeNotSatisfiable, 416),

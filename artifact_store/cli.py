@@ -224,7 +224,7 @@ def eligibility(as_of: str | None, as_json: bool) -> None:
     """Report packages eligible for deletion and the bytes deleting them would free. Deletes nothing."""
     import json
 
-    from casstore.services.manifest import iso
+    from casstore.times import iso
 
     report = _store().eligibility.report(_when(as_of))
     if as_json:

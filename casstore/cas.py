@@ -1,27 +1,16 @@
-"""The content-addressed blob store: the one fixed write sequence.
+"""The content-addressed blob store: blob rows, their locations, and the claim under row locks.
 
-Writing a blob always goes the same way (as distribution's blob writer):
+Bytes enter the store through one object, the blob writer (writer.py), which
+stages, checks, places and then calls ``claim`` here inside the caller's
+write transaction; bytes leave through collect.py. This module is the part
+both share: placing one blob at its final key, locking blob rows, recording
+where the bytes are, counting references, and reading them back.
 
-1. ``stage``:   stream the bytes to a staging key while hashing (SHA-256 +
-                BLAKE3 + size); small bodies (<= SMALL_BLOB) stay in memory
-                and need no staging object.
-2. ``check``:   compare with the digest the client announced, if any;
-                a mismatch deletes the staging object and raises.
-3. ``place``:   make the final key hold the bytes without overwriting
-                (copy_if_absent / put_if_absent); "already exists" is success,
-                since the key is the content's own hash. A batch's new small
-                blobs go instead into one pack object under a fresh key
-                (packs.py): one write, not one per blob.
-4. ``claim``:   in the caller's write transaction, under the blob row's lock,
-                make the row 'present' (inserting it if new) after checking
-                that the object really is at its final key, and placing it
-                again if not (gc may have removed it meanwhile, or a disk may
-                have lost it: the next upload of the same bytes repairs it).
-                The row, and its storage_location, are recorded last.
-5. ``discard``: delete the staging object, on success and on failure alike.
-
-Taking bytes out (gc's collect, the orphan sweep, undoing a failed upload)
-is collect.py, under the same row locks.
+``claim``: in the caller's write transaction, under the blob row's lock, make
+the row 'present' (inserting it if new) after checking that the object really
+is where the row will say, and placing it again if not (gc may have removed it
+meanwhile, or a disk may have lost it: the next upload of the same bytes
+repairs it). The row, and its storage_location, are recorded last.
 
 Why the check under the lock: gc deletes an object only while holding the
 same row lock with the row in state 'deleting' and refcount 0. So whoever
@@ -36,22 +25,20 @@ period: a claim's transaction would have to last 20 minutes for the two to meet.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import bindparam, select, update
 from sqlmodel import Session
 
-from . import layout, packs
+from . import layout
 from .db import Database
-from .digests import Digests, Hasher, digest_bytes
-from .errors import DigestMismatch, ObjectMissing, StorageError
-from .models import Blob, StorageLocation, utcnow
+from .digests import Digests
+from .errors import ObjectMissing, StorageError
+from .models import Blob, BlobState, StorageLocation, utcnow
 from .storage import Storage
 
-SMALL_BLOB = 1 << 20
-CHUNK = 1 << 20
+SMALL_BLOB = 1 << 20  # bodies up to this size stay in memory and go into packs
 MAX_CLAIM_ROUNDS = 10
 PACK_TRUST = timedelta(minutes=20)  # a claim records locations only in packs younger than this
 PACK_SWEEP_AGE = 2 * PACK_TRUST  # the sweep removes unreferenced packs only when older than this
@@ -66,6 +53,7 @@ class BlobRow:
     state: str
     refcount: int
     inserted: bool = False  # this transaction made the row (with the references it was given)
+    located: bool = False  # this transaction recorded the blob's location (the staged bytes are where it says)
 
 
 def insert_for(session: Session):
@@ -105,51 +93,6 @@ class Location:
     length: int
 
 
-@dataclass
-class Placement:
-    """What one upload put on the backend, so that a failed commit can take it back."""
-
-    loose: list[StagedBlob] = field(default_factory=list)
-    packs: list[str] = field(default_factory=list)
-
-
-def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
-    yield first
-    yield from rest
-
-
-def _hashed(chunks: Iterable[bytes], hasher: Hasher) -> Iterator[bytes]:
-    """Pass chunks through, hashing them on the way.
-
-    SHA-256 (the slower hash, 1.8 GB/s) runs on a helper thread one chunk
-    behind, while this thread does BLAKE3 and hands the chunk to the backend:
-    a large upload costs max(SHA-256, the rest) instead of their sum.
-    """
-    with ThreadPoolExecutor(1, thread_name_prefix="sha256") as pool:
-        pending = None
-        for chunk in chunks:
-            if not chunk:
-                continue
-            if pending is not None:
-                pending.result()
-            pending = pool.submit(hasher.update_sha256, chunk)
-            hasher.update_rest(chunk)
-            yield chunk
-        if pending is not None:
-            pending.result()
-
-
-def _read_upto(chunks: Iterator[bytes], limit: int) -> tuple[bytes, bool]:
-    """Read from ``chunks`` until more than ``limit`` bytes or the end; (bytes, ended)."""
-    parts, size = [], 0
-    for chunk in chunks:
-        parts.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            return b"".join(parts), False
-    return b"".join(parts), True
-
-
 class BlobStore:
     """Blobs on a storage backend, and their rows in the registry."""
 
@@ -157,42 +100,7 @@ class BlobStore:
         self.storage = storage
         self.db = db
 
-    # 1 + 2: stage and check -------------------------------------------------
-    def stage(self, chunks: Iterable[bytes], expected_sha256: str | None = None,
-              small_limit: int | None = None, size_hint: int | None = None) -> StagedBlob:
-        """Take in a stream of bytes, hashing as it goes; raise DigestMismatch on a wrong digest.
-
-        Bodies of at most ``small_limit`` bytes (default SMALL_BLOB) stay in memory.
-        """
-        it = iter(chunks)
-        head, ended = _read_upto(it, SMALL_BLOB if small_limit is None else small_limit)
-        if ended:
-            return self.stage_bytes(head, expected_sha256)
-        return self._checked(self._stage_large(_prepend(head, it), size_hint), expected_sha256)
-
-    def stage_bytes(self, data: bytes, expected_sha256: str | None = None) -> StagedBlob:
-        """Stage a small buffer (a tar member, a manifest the server made): it stays in memory."""
-        return self._checked(StagedBlob(digest_bytes(data), data=data), expected_sha256)
-
-    def _checked(self, staged: StagedBlob, expected_sha256: str | None) -> StagedBlob:
-        if expected_sha256 is not None and staged.sha256 != expected_sha256:
-            self.discard(staged)
-            raise DigestMismatch(
-                f"received bytes hash to sha256:{staged.sha256}, not the sha256:{expected_sha256} announced",
-                received_sha256=staged.sha256, expected_sha256=expected_sha256)
-        return staged
-
-    def _stage_large(self, chunks: Iterator[bytes], size_hint: int | None = None) -> StagedBlob:
-        key = layout.new_staging_key()
-        hasher = Hasher()
-        try:
-            self.storage.put_stream(key, _hashed(chunks, hasher), size_hint=size_hint)
-        except BaseException:
-            self.storage.delete(key)
-            raise
-        return StagedBlob(hasher.result(), staging_key=key)
-
-    # 3: place ------------------------------------------------------------------
+    # placing one blob -----------------------------------------------------------
     def place(self, staged: StagedBlob) -> bool:
         """Put the bytes at their final key unless something is there already; True if we put them."""
         final = layout.blob_key(staged.sha256)
@@ -200,31 +108,6 @@ class BlobStore:
         if staged.data is not None:
             return self.storage.put_if_absent(final, staged.data)
         return self.storage.copy_if_absent(staged.staging_key, final)
-
-    def place_all(self, staged: list[StagedBlob]) -> Placement:
-        """Step 3 for a batch: new small blobs into one pack, the others each at its own key.
-
-        Small blobs the registry already holds are not written at all; should
-        one of them turn out not 'present' under the lock, claim places it then.
-        """
-        placement = Placement()
-        small = [s for s in staged if s.data is not None]
-        skip: set[str] = set()
-        if len(small) > 1:
-            skip = self.present({s.sha256 for s in small})
-            new = [s for s in small if s.sha256 not in skip]
-            if len({s.sha256 for s in new}) > 1:
-                pack = packs.build([(s.sha256, s.data) for s in new])
-                packs.write(self.storage, pack)
-                placement.packs.append(pack.key)
-                offsets = {b.sha256: b.offset for b in pack.blobs}
-                for s in new:
-                    s.object_key, s.offset = pack.key, offsets[s.sha256]
-                skip |= offsets.keys()
-        for s in staged:
-            if s.sha256 not in skip and self.place(s):
-                placement.loose.append(s)
-        return placement
 
     def present(self, digests: Iterable[str]) -> set[str]:
         """Which of these digests have a 'present' row (a hint: only a lock makes it a fact)."""
@@ -256,7 +139,7 @@ class BlobStore:
         if info is None or info.size != staged.size:
             raise ObjectMissing(f"could not place blob sha256:{staged.sha256}")
 
-    # 4: claim (inside the caller's write transaction) ---------------------------
+    # claim (inside the caller's write transaction) ------------------------------
     def claim(self, session: Session, staged: list[StagedBlob], also_lock: Iterable[str] = (),
               refs: dict[str, int] | None = None) -> dict[str, BlobRow]:
         """Record every staged blob as 'present', under row locks, after checking its object.
@@ -290,20 +173,22 @@ class BlobStore:
         revived, placed, packs_seen = [], [], {}
         for row in rows.values():
             blob = by_digest.get(row.sha256)
-            if blob is None or (row.state == "present" and row.sha256 not in new):
+            if blob is None or (row.state == BlobState.PRESENT and row.sha256 not in new):
                 continue
-            if row.state == "missing":  # verify found it lost or damaged: these bytes replace it
+            if row.state == BlobState.MISSING:  # verify found it lost or damaged: these bytes replace it
                 self.storage.delete(layout.blob_key(blob.sha256))
             self._ensure_placed(blob, packs_seen)
             placed.append(blob)
-            if row.state != "present":  # taken back from gc, or repaired after verify
+            rows[row.sha256].located = True
+            if row.state != BlobState.PRESENT:  # taken back from gc, or repaired after verify
                 revived.append({"d": blob.sha256, "size": blob.size, "b3": blob.digests.blake3})
-                rows[row.sha256] = BlobRow(row.sha256, blob.size, "present", row.refcount)
+                rows[row.sha256] = BlobRow(row.sha256, blob.size, BlobState.PRESENT, row.refcount,
+                                           row.inserted, located=True)
         if revived:
             table = Blob.__table__
             session.connection().execute(
                 update(table).where(table.c.sha256 == bindparam("d"))
-                .values(state="present", size=bindparam("size"), blake3=bindparam("b3"), created_at=utcnow()),
+                .values(state=BlobState.PRESENT, size=bindparam("size"), blake3=bindparam("b3"), created_at=utcnow()),
                 revived)
         self._record_locations(session, placed)
         return rows
@@ -318,7 +203,7 @@ class BlobStore:
         inserted = conn.execute(
             insert(Blob.__table__).on_conflict_do_nothing().returning(Blob.__table__.c.sha256),
             [dict(sha256=s.sha256, size=s.size, blake3=s.digests.blake3, refcount=refs.get(s.sha256, 0),
-                  state="present",
+                  state=BlobState.PRESENT,
                   created_at=now, verified_at=None) for s in staged]).scalars().all()
         return set(inserted)
 
@@ -362,13 +247,6 @@ class BlobStore:
                     .values(refcount=Blob.__table__.c.refcount + bindparam("n")))
             session.connection().execute(stmt, params)
 
-    # 5: discard ------------------------------------------------------------------
-    def discard(self, staged: StagedBlob) -> None:
-        """Remove the staging object, if any; safe to call twice."""
-        if staged.staging_key is not None:
-            self.storage.delete(staged.staging_key)
-            staged.staging_key = None
-
     # reading -----------------------------------------------------------------------
     def missing(self, session: Session, digests: list[str]) -> list[str]:
         """Which of these digests the store cannot serve: asked of the database, fresh, every time."""
@@ -376,7 +254,7 @@ class BlobStore:
         for i in range(0, len(digests), 500):
             chunk = digests[i:i + 500]
             present.update(session.scalars(
-                select(Blob.sha256).where(Blob.sha256.in_(chunk), Blob.state == "present")))
+                select(Blob.sha256).where(Blob.sha256.in_(chunk), Blob.state == BlobState.PRESENT)))
         return [d for d in digests if d not in present]
 
     def open(self, sha256: str, start: int | None = None, end: int | None = None) -> Iterator[bytes]:

@@ -14,10 +14,10 @@ import logging
 from sqlalchemy import delete, select, update
 from sqlmodel import Session
 
+from . import auditlog as audit
 from . import layout
-from .cas import PACK_SWEEP_AGE, BlobStore, Placement, insert_for
-from .models import Blob, StorageLocation, utcnow
-from .services import audit
+from .cas import PACK_SWEEP_AGE, BlobStore, StagedBlob, insert_for
+from .models import Blob, BlobState, StorageLocation, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +58,17 @@ class BlobCollector:
                 if info is None:
                     return None
                 session.connection().execute(insert_for(session)(table).on_conflict_do_nothing().values(
-                    sha256=sha256, size=info.size, blake3="", refcount=0, state="deleting", created_at=utcnow()))
+                    sha256=sha256, size=info.size, blake3="", refcount=0, state=BlobState.DELETING,
+                    created_at=utcnow()))
                 row = self.blobs.lock_rows(session, [sha256]).get(sha256)  # ours, or a writer's that won the race
             if row is None or row.refcount > 0:
                 return None
-            if row.state != "deleting":
-                session.connection().execute(update(table).where(table.c.sha256 == sha256).values(state="deleting"))
+            if row.state != BlobState.DELETING:
+                session.connection().execute(
+                    update(table).where(table.c.sha256 == sha256).values(state=BlobState.DELETING))
         with self.db.write() as session:
             row = self.blobs.lock_rows(session, [sha256]).get(sha256)
-            if row is None or row.state != "deleting" or row.refcount != 0:
+            if row is None or row.state != BlobState.DELETING or row.refcount != 0:
                 return None
             size = row.size
             where = self.blobs.locate(session, sha256)
@@ -81,18 +83,46 @@ class BlobCollector:
                 audit.record(session, actor, "blob.collected", subject=f"sha256:{sha256}", size=size)
             return size
 
-    def undo_place(self, placement: Placement, actor: str) -> None:
-        """After a failed commit, take back what this upload put on the backend (best effort)."""
+    def undo_place(self, loose: list[StagedBlob], pack_keys: list[str], actor: str) -> None:
+        """After a failed commit, take back what an upload put on the backend (best effort).
+
+        Never committed, so nothing to audit: the store is as before the request.
+        A loose blob goes through collect (a concurrent upload that claimed the
+        same bytes holds a reference, and then it stays); a pack goes when no
+        location names it (only the failed transaction could have named it).
+        """
         try:
-            # never committed, so nothing to audit: the store is as before the request
-            for staged in placement.loose:
+            for staged in loose:
                 self.collect(staged.sha256, actor, audited=False)
-            for key in placement.packs:
-                with self.db.read() as session:
-                    if not self.pack_referenced(session, key):
-                        self.storage.delete(key)
+            for key in pack_keys:
+                self.drop_unreferenced_pack(key)
         except Exception:  # the original error matters more; gc will find the orphans
             log.warning("could not take back the objects of a failed upload", exc_info=True)
+
+    def drop_unreferenced_pack(self, key: str) -> None:
+        """Delete a pack that no location names, written by a writer whose transaction is over
+        (committed or not): no other transaction ever records locations in another's pack."""
+        with self.db.read() as session:
+            if self.pack_referenced(session, key):
+                return
+        self.storage.delete(key)
+
+    def drop_unnamed_copy(self, sha256: str, key: str) -> None:
+        """Remove a loose copy a committed writer placed at ``key`` if no location names it.
+
+        Under the row lock: when a concurrent writer's pack location won the
+        claim, the loose copy is named by nothing and goes; when the location is
+        this key, it stays. A digest with no row (its writer recorded nothing)
+        goes through collect.
+        """
+        with self.db.write() as session:
+            row = self.blobs.lock_rows(session, [sha256]).get(sha256)
+            if row is not None:
+                where = self.blobs.locate(session, sha256)
+                if row.state == BlobState.PRESENT and where is not None and where.object_key != key:
+                    self.storage.delete(key)
+                return
+        self.collect(sha256, "system", audited=False)
 
     def remove_orphan(self, key: str, actor: str) -> int | None:
         """Remove an object no location names (gc's sweep); returns its size, or None if kept.
@@ -120,7 +150,7 @@ class BlobCollector:
             row = self.blobs.lock_rows(session, [digest]).get(digest)
             if row is not None:
                 where = self.blobs.locate(session, digest)
-                if row.state != "present" or where is None or where.object_key == key:
+                if row.state != BlobState.PRESENT or where is None or where.object_key == key:
                     return None  # the row's own copy: only collect() removes that
                 info = self.storage.head(key)
                 if info is None:

@@ -8,7 +8,9 @@ The HTTP layer maps each branch to one status, in one place (api/problems.py)::
     ├── InvalidInput              422: the request is malformed; nothing was changed
     │   ├── InvalidPath           a logical path breaks the path rules (paths.py)
     │   ├── InvalidDigest         a digest is not 64 lowercase hex (or sha256:/base64 forms)
-    │   └── DigestMismatch        the bytes received do not hash to the digest the client sent
+    │   ├── DigestMismatch        the bytes received do not hash to the digest the client sent
+    │   └── IncompleteBody        400: the body ended before its Content-Length, or its chunked
+    │                             encoding broke off (raised by body.RequestBody)
     ├── Conflict                  409: the request is valid but the current state forbids it
     │   ├── PathExists            the logical path is already in the package (and replace was not asked)
     │   ├── PackageImmutable      the package is finalized, deleted or failed
@@ -18,8 +20,20 @@ The HTTP layer maps each branch to one status, in one place (api/problems.py)::
     ├── RangeNotSatisfiable       416: a byte range outside the file
     ├── Unauthenticated           401: no bearer token, or one that is unknown, expired or revoked
     ├── Forbidden                 403: the token's role or producer names do not allow this request
-    └── StorageError              503: the storage backend failed (raised only by storage.py)
-        └── ObjectMissing         an object the caller expected is not on the backend
+    └── StorageError              503: the storage backend failed (storage.py maps every obstore and OS
+        │                         error to it), or a claim could not hold its rows against gc (cas.py)
+        └── ObjectMissing         an object the caller expected is not on the backend (storage.py),
+                                  or a blob has no recorded location or could not be placed (cas.py),
+                                  or a pack to read is gone (packs.py)
+
+Who raises the others: NotFound/Gone/Conflict and its branches the services
+(lookup.py, packages.py, files.py, retention.py, eligibility.py, lease.py);
+InvalidInput and its branches the validators they call (paths.py, digests.py,
+tarstream.py) and the blob writer (writer.py: DigestMismatch,
+IncompleteBody for a short stream); IncompleteBody first of all body.py, the
+reader of request bodies; RangeNotSatisfiable files.py; Unauthenticated and
+Forbidden the token service (services/tokens.py) and the HTTP layer's access
+check (api/auth.py).
 
 Each class carries a human ``detail`` and optional ``extra`` fields that the
 problem+json body includes (for example the missing digests, or the existing
@@ -78,6 +92,13 @@ class DigestMismatch(InvalidInput):
     title = "Digest mismatch"
 
 
+class IncompleteBody(InvalidInput):
+    """The request body is not all there: it ended before the length its Content-Length
+    announced, or its chunked encoding was cut off or malformed. Nothing was recorded."""
+
+    title = "Incomplete body"
+
+
 class Conflict(CasstoreError):
     """The request is valid but the current state of the store forbids it."""
 
@@ -133,7 +154,7 @@ class Forbidden(CasstoreError):
 
 
 class StorageError(CasstoreError):
-    """The storage backend failed; raised only at the storage adapter boundary."""
+    """The storage backend failed (mapped at the adapter boundary), or a claim gave up on its rows."""
 
     title = "Storage unavailable"
 

@@ -25,15 +25,31 @@ so no request can write outside these folders.
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from enum import StrEnum
 
 from ulid import ULID
 
 from .digests import parse_sha256
 
-BLOB_PREFIX = "blobs/sha256/"
-PACK_PREFIX = "packs/"
-STAGING_PREFIX = "staging/"
-HEALTH_PREFIX = "health/"
+
+class KeyKind(StrEnum):
+    """The kinds of key, each its own folder; the value is the folder's prefix."""
+
+    BLOB = "blobs/sha256/"
+    PACK = "packs/"
+    STAGING = "staging/"
+    HEALTH = "health/"
+
+
+BLOB_PREFIX = KeyKind.BLOB.value
+PACK_PREFIX = KeyKind.PACK.value
+STAGING_PREFIX = KeyKind.STAGING.value
+HEALTH_PREFIX = KeyKind.HEALTH.value
+
+
+def kind_of(key: str) -> KeyKind | None:
+    """Which kind of key this is, by its folder (None: no key the store makes)."""
+    return next((kind for kind in KeyKind if key.startswith(kind.value)), None)
 
 
 def blob_key(sha256_hex: str) -> str:
@@ -66,7 +82,7 @@ def new_pack_key() -> str:
 
 def is_pack_key(key: str) -> bool:
     """Whether a key is a pack's (keys under packs/ are only ever made by new_pack_key)."""
-    return key.startswith(PACK_PREFIX)
+    return kind_of(key) is KeyKind.PACK
 
 
 def pack_key_time(key: str) -> datetime | None:

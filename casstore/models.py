@@ -30,10 +30,36 @@ from sqlalchemy import (
 )
 from sqlmodel import Field, SQLModel
 
-PACKAGE_STATUSES = ("created", "uploading", "finalized", "failed", "deleted")
-LIVE_STATUSES = ("created", "uploading", "finalized", "failed")
-OPEN_STATUSES = ("created", "uploading")
-BLOB_STATES = ("present", "deleting", "missing")
+
+class PackageStatus(StrEnum):
+    """A package's lifecycle: created -> uploading -> finalized (immutable) -> deleted (a tombstone);
+    or failed. Stored as its value."""
+
+    CREATED = "created"
+    UPLOADING = "uploading"
+    FINALIZED = "finalized"
+    FAILED = "failed"
+    DELETED = "deleted"
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the package may still receive files."""
+        return self in (PackageStatus.CREATED, PackageStatus.UPLOADING)
+
+
+# The states in which a package holds its run_id (a second package for the run is refused).
+RUN_HOLDING = tuple(s for s in PackageStatus if s not in (PackageStatus.DELETED, PackageStatus.FAILED))
+
+
+class BlobState(StrEnum):
+    """A blob row's state. present: the bytes are on the backend where storage_location says;
+    deleting: gc is taking them out (an upload of the same bytes takes the row back); missing:
+    verify found them lost or damaged (the next upload of the same bytes repairs them)."""
+
+    PRESENT = "present"
+    DELETING = "deleting"
+    MISSING = "missing"
+
 
 
 class Role(StrEnum):
@@ -74,7 +100,7 @@ class Producer(ProducerBase, table=True):
 class PackageBase(SQLModel):
     id: str = Field(primary_key=True, max_length=40)
     producer: str = Field(max_length=128)
-    status: str = Field(default="created", max_length=16)
+    status: str = Field(default=PackageStatus.CREATED, max_length=16)
     run_id: str | None = Field(default=None, max_length=256, index=True)
     target_profile: str | None = Field(default=None, max_length=256, index=True)
     assessment_profile: str | None = Field(default=None, max_length=256, index=True)
@@ -116,7 +142,7 @@ class Blob(BlobBase, table=True):
                       CheckConstraint("refcount >= 0", name="ck_blob_refcount_nonnegative"),
                       CheckConstraint("state IN ('present', 'deleting', 'missing')", name="ck_blob_state"))
     refcount: int = Field(default=0, sa_type=BigInteger)
-    state: str = Field(default="present", max_length=16)
+    state: str = Field(default=BlobState.PRESENT, max_length=16)
     created_at: datetime = Field(default_factory=utcnow)
     verified_at: datetime | None = None
 

@@ -9,7 +9,10 @@ InvalidInput, never a server error. tests/test_tarstream.py checks it
 against tarfile on generated archives and on random bytes.
 
 A member's data must be read (``read_small`` or ``chunks``) before the next
-member is asked for; whatever was not read is skipped.
+member is asked for; whatever was not read is skipped. An archive ends with
+its end-of-archive marker (two zero blocks): a stream that stops before it
+is refused, and ``finish`` checks that nothing but zero padding follows it, so
+a batch is recorded only when the whole archive arrived (invariant 7).
 
 ``tar_of`` writes the batches the ingest CLI sends (POSIX ustar, a pax
 'path' record for a name ustar cannot hold): about 3 µs a member, where
@@ -52,6 +55,23 @@ class TarReader:
         self._pos = 0
         self._left = 0  # data bytes of the current member not read yet
         self._pad = 0  # padding after them
+        self._ended = False  # the first block of the end-of-archive marker was read
+
+    def finish(self) -> None:
+        """After the last member: require the rest of the end marker, then only zero padding."""
+        if not self._ended:
+            raise InvalidInput("the tar stream was not read to its end-of-archive marker")
+        rest, zeros = self._buf[self._pos:], 0
+        self._buf, self._pos = b"", 0
+        while True:
+            if rest.count(0) != len(rest):
+                raise InvalidInput("the tar stream has data after its end-of-archive marker")
+            zeros += len(rest)
+            rest = self._raw.read(READ)
+            if not rest:
+                break
+        if zeros < BLOCK:
+            raise InvalidInput("the tar stream ends inside its end-of-archive marker")
 
     # -- members ---------------------------------------------------------------
     def __iter__(self) -> Iterator[Member]:
@@ -61,8 +81,11 @@ class TarReader:
             self._skip(self._left + self._pad)
             self._left = self._pad = 0
             header = self._exact(BLOCK, eof_ok=True)
-            if header is None or header == ZERO_BLOCK:
-                return  # the end (what follows is padding; the caller may drain it)
+            if header is None:
+                raise InvalidInput("the tar stream ends without its end-of-archive marker")
+            if header == ZERO_BLOCK:
+                self._ended = True
+                return  # the end: ``finish`` checks what follows
             _check_sum(header)
             kind, size = header[156:157], _number(header[124:136])
             if kind in (b"x", b"g", b"L", b"K"):

@@ -25,6 +25,7 @@ import tarfile
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -75,15 +76,29 @@ def make_tar(files: dict[str, bytes], pax: dict[str, dict] | None = None) -> byt
     return buf.getvalue()
 
 
-def cli(env_or_settings, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run ``artifact-store ARGS`` as a process, on a Settings' database and data dir or an env dict."""
+@dataclass
+class CommandResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def cli(env_or_settings, *args: str, timeout: float = 600) -> CommandResult | subprocess.CompletedProcess:
+    """Run ``artifact-store ARGS`` on a Settings' database and data dir (in process: click's runner,
+    as nothing here needs a process boundary), or as a process with an env dict (for tests where
+    the process boundary is the point: several processes over one database)."""
     if isinstance(env_or_settings, dict):
-        env = {**os.environ, **env_or_settings}
-    else:
-        env = {"ARTIFACT_STORE_DATA_DIR": env_or_settings.data_dir,
-               "ARTIFACT_STORE_DATABASE_URL": env_or_settings.database_url, "PATH": "/usr/bin:/bin"}
-    return subprocess.run([sys.executable, "-m", "artifact_store.cli", *args], env=env, capture_output=True,
-                          text=True, cwd=ROOT, timeout=timeout)
+        return subprocess.run([sys.executable, "-m", "artifact_store.cli", *args],
+                              env={**os.environ, **env_or_settings}, capture_output=True, text=True, cwd=ROOT,
+                              timeout=timeout)
+    from click.testing import CliRunner
+
+    from artifact_store.cli import main
+
+    env = {"ARTIFACT_STORE_DATA_DIR": env_or_settings.data_dir,
+           "ARTIFACT_STORE_DATABASE_URL": env_or_settings.database_url, "ARTIFACT_STORE_STORAGE_URL": None}
+    result = CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+    return CommandResult(result.exit_code, result.stdout, result.stderr)
 
 
 def environment(database_url: str, tmp_path: Path) -> dict:

@@ -105,8 +105,28 @@ def test_any_bytes_give_members_or_invalid_input_never_a_crash(noise, at, patch)
             pass
 
 
-def test_empty_body_has_no_members_and_base256_sizes_parse():
-    assert read_all(b"") == []
+def test_an_archive_is_whole_only_with_its_end_marker_and_nothing_but_zeros_after_it():
+    whole = tar_of([("a", b"1" * 700), ("b", b"2"), ("c", b"3" * 10)])
+    reader = TarReader(io.BytesIO(whole + bytes(10240)))  # tarfile's record padding is fine
+    assert [(m.name, reader.read_small()) for m in reader] == [("a", b"1" * 700), ("b", b"2"), ("c", b"3" * 10)]
+    reader.finish()
+    assert read_all(bytes(1024)) == []  # an empty archive is just its end marker
+    cut_after_two = whole[:whole.index(b"c\0")]  # the members before the third, and no end marker
+    for broken in (b"", cut_after_two, whole[:-1024]):
+        with pytest.raises(InvalidInput, match="end-of-archive"):
+            read_all(broken)
+    for tail in (b"x", bytes(600) + b"\x01"):
+        reader = TarReader(io.BytesIO(whole + tail))
+        list(reader)
+        with pytest.raises(InvalidInput, match="after its end-of-archive marker"):
+            reader.finish()
+    reader = TarReader(io.BytesIO(whole[:-512]))  # one zero block of the two
+    list(reader)
+    with pytest.raises(InvalidInput, match="inside its end-of-archive marker"):
+        reader.finish()
+
+
+def test_base256_sizes_parse():
     assert _number(b"\x80" + (9 << 30).to_bytes(11, "big")) == 9 << 30
     with pytest.raises(InvalidInput):
         _number(b"\xff" + bytes(11))

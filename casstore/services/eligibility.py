@@ -17,13 +17,13 @@ from datetime import datetime
 from sqlalchemy import delete, exists, func, select
 from sqlmodel import Session
 
+from .. import auditlog as audit
 from ..cas import BlobStore
 from ..db import Database
 from ..errors import Gone, InvalidInput, RetentionConflict
-from ..models import Blob, FileEntry, Hold, Package, RetentionEvent, utcnow
-from . import audit
+from ..models import Blob, FileEntry, Hold, Package, PackageStatus, RetentionEvent, utcnow
+from ..times import iso
 from .lookup import load_package
-from .manifest import iso
 from .retention import active_holds, why_not_eligible
 
 
@@ -50,7 +50,7 @@ class EligibilityReport:
 def eligible(as_of: datetime):
     """Packages eligible for deletion at ``as_of`` (an index range on expires_at, minus held ones)."""
     held = exists(select(Hold.id).where(Hold.package_id == Package.id, Hold.released_at.is_(None)))
-    return select(Package).where(Package.status != "deleted", Package.expires_at.is_not(None),
+    return select(Package).where(Package.status != PackageStatus.DELETED, Package.expires_at.is_not(None),
                                  Package.expires_at <= as_of, ~held)
 
 
@@ -114,7 +114,7 @@ class EligibilityService:
         now = utcnow()
         with self.db.write() as session:
             package = load_package(session, package_id, lock=True, db=self.db)
-            if package.status == "deleted":
+            if package.status == PackageStatus.DELETED:
                 raise Gone(f"package {package_id} was already deleted at {iso(package.deleted_at)}")
             reasons = why_not_eligible(package, active_holds(session, package_id), now)
             if reasons:
@@ -126,10 +126,10 @@ class EligibilityService:
             # The manifest (kept, and still referenced) is the record of what the package held.
             session.execute(delete(FileEntry).where(FileEntry.package_id == package_id))
             before = {"status": package.status}
-            package.status, package.deleted_at = "deleted", now
+            package.status, package.deleted_at = PackageStatus.DELETED, now
             session.add(package)
             session.add(RetentionEvent(package_id=package_id, at=now, actor=actor, kind="deleted", before=before,
-                                       after={"status": "deleted"}, reason=reason))
+                                       after={"status": PackageStatus.DELETED.value}, reason=reason))
             audit.record(session, actor, "package.deleted", package_id=package_id, reason=reason,
                          released_references=sum(counts.values()), expires_at=iso(package.expires_at))
             session.flush()

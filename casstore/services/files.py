@@ -1,10 +1,15 @@
 """File entries: upload bytes, attach known blobs by reference, download.
 
-Every way of adding files ends in ``_commit``: one write transaction that
-locks the package, then every blob row involved in digest order, records the
-blobs, adds or replaces the entries, moves reference counts, updates the
-package's totals and writes one audit event. A batch of 1,500 files is one
-transaction, not 1,500.
+Every way of adding files goes through a blob writer (writer.py) and ends in
+``_record``: inside the writer's one write transaction it locks the package,
+then every blob row involved in digest order (the writer's claim), adds or
+replaces the entries, moves reference counts, updates the package's totals
+and writes one audit event. A batch of 1,500 files is one transaction.
+
+Retries are safe (invariant 8): an entry that already holds exactly the same
+bytes (and media type) is left as it is, and the request succeeds as it did
+the first time; only different bytes at a taken path are a conflict (409
+unless ``replace``).
 """
 
 from __future__ import annotations
@@ -20,8 +25,8 @@ from typing import IO
 from sqlalchemy import bindparam, select, update
 from sqlmodel import Session
 
-from ..cas import SMALL_BLOB, BlobStore, Location, Placement, StagedBlob
-from ..collect import BlobCollector
+from .. import auditlog as audit
+from ..cas import SMALL_BLOB, BlobStore, Location
 from ..db import Database
 from ..digests import HashingReader, parse_sha256
 from ..errors import (
@@ -34,11 +39,12 @@ from ..errors import (
     PathExists,
     RangeNotSatisfiable,
 )
-from ..models import Blob, FileEntry, Package, StorageLocation, utcnow
+from ..models import Blob, BlobState, FileEntry, Package, PackageStatus, StorageLocation, utcnow
+from ..paging import Page
 from ..paths import validate_path
 from ..tarstream import TarReader
-from . import audit
-from .packages import Page, load_open_package, load_package, require_open
+from ..writer import BlobWriter
+from .lookup import load_open_package, load_package, require_open
 
 DEFAULT_MEDIA_TYPE = "application/octet-stream"
 MAX_BATCH_FILES = 10_000
@@ -92,26 +98,33 @@ class FileService:
     def __init__(self, db: Database, blobs: BlobStore) -> None:
         self.db = db
         self.blobs = blobs
-        self.collector = BlobCollector(blobs)
 
     # ------------------------------------------------------------------ upload
-    def check_writable(self, package_id: str, paths: list[str], replace: bool) -> None:
-        """Refuse early, before any byte is read: unknown or closed package, or a taken path."""
+    def check_writable(self, package_id: str, announced: dict[str, str | None], replace: bool) -> None:
+        """Refuse early, before any byte is read: an unknown or closed package, or a path that
+        holds other bytes than the digest the client announced (no announcement: decided later)."""
         with self.db.read() as session:
-            package = load_package(session, package_id)
-            require_open(package)
-            _existing_or_refuse(session, package_id, paths, replace)
+            require_open(load_package(session, package_id))
+            if replace:
+                return
+            taken = _existing(session, package_id, [p for p, d in announced.items() if d is not None])
+            clash = sorted(p for p, e in taken.items() if e.sha256 != announced[p])
+            if clash:
+                raise PathExists(f"{len(clash)} path(s) already in package {package_id} with other bytes",
+                                 paths=clash[:100])
 
-    def put(self, package_id: str, path: str, chunks: Iterable[bytes], *, actor: str,
+    def put(self, package_id: str, path: str, body: Iterable[bytes], *, actor: str,
             media_type: str | None = None, expected_sha256: str | None = None,
-            replace: bool = False, size_hint: int | None = None) -> Entry:
-        """Stream one file's bytes in and add it at ``path``."""
+            expected_size: int | None = None, replace: bool = False) -> tuple[Entry, bool]:
+        """Stream one file's bytes in and add it at ``path``; (entry, whether anything changed)."""
         validate_path(path)
-        media_type_or_guess(media_type, path)  # refuse a bad media type before reading the body
-        self.check_writable(package_id, [path], replace)
-        staged = self.blobs.stage(chunks, expected_sha256, size_hint=size_hint)
-        entry = Entry(path, staged.sha256, staged.size, media_type_or_guess(media_type, path))
-        return self._place_and_commit(package_id, [entry], [staged], replace, actor, "package.file_uploaded")[0]
+        media = media_type_or_guess(media_type, path)  # refuse a bad media type before reading the body
+        self.check_writable(package_id, {path: expected_sha256}, replace)
+        with BlobWriter(self.blobs, actor) as writer:
+            staged = writer.add_stream(body, expected_sha256=expected_sha256, expected_size=expected_size)
+            entry = Entry(path, staged.sha256, staged.size, media)
+            [entry], changed = self._record(writer, package_id, [entry], replace, "package.file_uploaded")
+        return entry, changed
 
     def put_tar(self, package_id: str, stream: IO[bytes], *, actor: str, replace: bool = False,
                 expected_sha256: str | None = None) -> list[Entry]:
@@ -121,13 +134,13 @@ class FileService:
         body's (Content-Digest): nothing is recorded unless the body hashes to
         it. A PAX header ``ARTIFACT_STORE.sha256`` is checked the same way for
         one member; ``ARTIFACT_STORE.media_type`` sets its media type.
-        Directories are skipped; links and devices are refused.
+        Directories are skipped; links and devices are refused. The archive
+        must end with its end-of-archive marker and nothing but zero padding.
         """
-        self.check_writable(package_id, [], replace)
-        staged: list[StagedBlob] = []
+        self.check_writable(package_id, {}, replace)
         entries: list[Entry] = []
         body = HashingReader(stream)
-        try:
+        with BlobWriter(self.blobs, actor) as writer:
             in_memory = 0
             tar = TarReader(body)
             for member in tar:
@@ -139,24 +152,21 @@ class FileService:
                 expected = member.pax.get(PAX_SHA256)
                 expected = parse_sha256(expected) if expected else None
                 if member.size <= SMALL_BLOB and in_memory < BATCH_MEMORY:  # the common case, kept short
-                    blob = self.blobs.stage_bytes(tar.read_small(), expected)
+                    blob = writer.add_bytes(tar.read_small(), expected)
                 else:
-                    blob = self.blobs.stage(tar.chunks(), expected, size_hint=member.size,
-                                            small_limit=None if in_memory < BATCH_MEMORY else 0)
-                staged.append(blob)
+                    blob = writer.add_stream(tar.chunks(), expected_sha256=expected, size_hint=member.size,
+                                             small_limit=SMALL_BLOB if in_memory < BATCH_MEMORY else 0)
                 in_memory += len(blob.data or b"")
                 media = media_type_or_guess(member.pax.get(PAX_MEDIA_TYPE), path)
                 entries.append(Entry(path, blob.sha256, blob.size, media))
             _refuse_duplicate_paths([e.path for e in entries])
+            tar.finish()
             if expected_sha256 is not None and (received := body.drain()) != expected_sha256:
                 raise DigestMismatch(f"the tar body hashes to sha256:{received}, "
                                      f"not the sha256:{expected_sha256} announced",
                                      received_sha256=received, expected_sha256=expected_sha256)
-        except BaseException:
-            for blob in staged:
-                self.blobs.discard(blob)
-            raise
-        return self._place_and_commit(package_id, entries, staged, replace, actor, "package.files_uploaded")
+            entries, _ = self._record(writer, package_id, entries, replace, "package.files_uploaded")
+        return entries
 
     def attach(self, package_id: str, items: list[dict], *, actor: str,
                replace: bool = False) -> tuple[list[Entry], list[str]]:
@@ -164,44 +174,36 @@ class FileService:
         wanted = [(validate_path(i["path"]), parse_sha256(i["sha256"]),
                    media_type_or_guess(i.get("media_type"), i["path"])) for i in items]
         _refuse_duplicate_paths([p for p, _, _ in wanted])
-        self.check_writable(package_id, [p for p, _, _ in wanted], replace)
-        with self.db.write() as session:
-            package = load_open_package(session, self.db, package_id)
-            existing = _existing_or_refuse(session, package.id, [p for p, _, _ in wanted], replace)
-            rows = self.blobs.claim(session, [], also_lock={d for _, d, _ in wanted}
-                                    | {e.sha256 for e in existing.values()})
-            present = {d: r for d, r in rows.items() if r.state == "present"}
-            new = [Entry(p, d, present[d].size, m) for p, d, m in wanted if d in present]
+        self.check_writable(package_id, {p: d for p, d, _ in wanted}, replace)
+        with BlobWriter(self.blobs, actor) as writer, writer.commit() as tx:
+            package = load_open_package(tx.session, self.db, package_id)
+            existing = _existing(tx.session, package.id, [p for p, _, _ in wanted])
+            rows = tx.claim(also_lock={d for _, d, _ in wanted} | {e.sha256 for e in existing.values()})
+            present = {d: r for d, r in rows.items() if r.state == BlobState.PRESENT}
+            found = [Entry(p, d, present[d].size, m) for p, d, m in wanted if d in present]
             missing = sorted({d for _, d, _ in wanted if d not in present})
-            existing = {p: e for p, e in existing.items() if p in {n.path for n in new}}
-            added = self._apply(session, package, new, existing, _reference_changes(new, existing), actor,
-                                "package.files_attached") if new else []
-        return added, missing
+            changes, replaced = _changes(package.id, found, existing, replace)
+            if changes:
+                self._apply(tx.session, package, changes, replaced, _reference_changes(changes, replaced),
+                            actor, "package.files_attached")
+        return _as_recorded(found, existing), missing
 
-    def _place_and_commit(self, package_id: str, entries: list[Entry], staged: list[StagedBlob],
-                          replace: bool, actor: str, action: str) -> list[Entry]:
-        """Steps 3 to 5 of the CAS write for a set of staged blobs, whatever happens."""
-        placement = Placement()
-        try:
-            placement = self.blobs.place_all(staged)
-            return self._commit(package_id, entries, staged, replace, actor, action)
-        except BaseException:
-            self.collector.undo_place(placement, actor)
-            raise
-        finally:
-            for blob in staged:
-                self.blobs.discard(blob)
-
-    def _commit(self, package_id: str, entries: list[Entry], staged: list[StagedBlob],
-                replace: bool, actor: str, action: str) -> list[Entry]:
-        with self.db.write() as session:
-            package = load_open_package(session, self.db, package_id)
-            existing = _existing_or_refuse(session, package.id, [e.path for e in entries], replace)
-            refs = _reference_changes(entries, existing)
-            rows = self.blobs.claim(session, staged, also_lock={e.sha256 for e in existing.values()}, refs=refs)
+    def _record(self, writer: BlobWriter, package_id: str, entries: list[Entry], replace: bool,
+                action: str) -> tuple[list[Entry], bool]:
+        """Commit the writer's blobs and these entries in one transaction; returns the entries as
+        recorded, and whether anything changed (an entry already holding the same bytes is a retry:
+        it is left as it is, and comes back as it was recorded the first time)."""
+        with writer.commit() as tx:
+            package = load_open_package(tx.session, self.db, package_id)
+            existing = _existing(tx.session, package.id, [e.path for e in entries])
+            changes, replaced = _changes(package.id, entries, existing, replace)
+            refs = _reference_changes(changes, replaced)
+            rows = tx.claim(also_lock={e.sha256 for e in replaced.values()}, refs=refs)
             for digest in (d for d, row in rows.items() if row.inserted):  # counted when the row was made
                 refs.pop(digest, None)
-            return self._apply(session, package, entries, existing, refs, actor, action)
+            if changes:
+                self._apply(tx.session, package, changes, replaced, refs, writer.actor, action)
+        return _as_recorded(entries, existing), bool(changes)
 
     def _apply(self, session: Session, package: Package, entries: list[Entry],
                existing: dict[str, Entry], refs: dict[str, int], actor: str, action: str) -> list[Entry]:
@@ -234,7 +236,7 @@ class FileService:
                          .values(blob_sha256=bindparam("d"), size=bindparam("n"), media_type=bindparam("m"),
                                  created_at=now), updates)
         self.blobs.add_refs(session, refs)
-        package.status = "uploading"
+        package.status = PackageStatus.UPLOADING
         session.add(package)
         audit.record(session, actor, action, package_id=package.id, count=len(entries),
                      bytes=sum(e.size for e in entries), replaced=sorted(existing),
@@ -251,9 +253,7 @@ class FileService:
             if cursor:
                 stmt = stmt.where(FileEntry.path > cursor)
             rows = [Entry(*row) for row in session.execute(stmt.order_by(FileEntry.path).limit(limit + 1))]
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return Page(rows, rows[-1].path if more and rows else None)
+        return Page.of(rows, limit, key=lambda entry: entry.path)
 
     def download(self, package_id: str, path: str, byte_range: tuple[int, int | None] | None = None,
                  *, body: bool = True) -> Download:
@@ -261,7 +261,7 @@ class FileService:
         validate_path(path)
         with self.db.read() as session:
             package = load_package(session, package_id)
-            if package.status == "deleted":
+            if package.status == PackageStatus.DELETED:
                 raise Gone(f"package {package_id} was deleted", package_id=package_id)
             found = session.execute(select(*ENTRY_COLUMNS, Blob.blake3, StorageLocation.object_key,
                                            StorageLocation.offset, StorageLocation.length)
@@ -299,12 +299,29 @@ def _existing(session: Session, package_id: str, paths: list[str]) -> dict[str, 
     return found
 
 
-def _existing_or_refuse(session: Session, package_id: str, paths: list[str], replace: bool) -> dict[str, Entry]:
-    """The entries already at these paths; PathExists if there are any and replace was not asked."""
-    taken = _existing(session, package_id, paths)
-    if taken and not replace:
-        raise PathExists(f"{len(taken)} path(s) already in package {package_id}", paths=sorted(taken)[:100])
-    return taken
+def _changes(package_id: str, entries: list[Entry], existing: dict[str, Entry],
+             replace: bool) -> tuple[list[Entry], dict[str, Entry]]:
+    """(the entries that change something, the existing entries they replace).
+
+    An entry equal to the one at its path (same bytes, same media type) is a
+    retry and changes nothing; one with other bytes at a taken path is a
+    conflict unless ``replace``.
+    """
+    changes = [e for e in entries if not _same(existing.get(e.path), e)]
+    replaced = {e.path: existing[e.path] for e in changes if e.path in existing}
+    if replaced and not replace:
+        raise PathExists(f"{len(replaced)} path(s) already in package {package_id} with other bytes",
+                         paths=sorted(replaced)[:100])
+    return changes, replaced
+
+
+def _as_recorded(entries: list[Entry], existing: dict[str, Entry]) -> list[Entry]:
+    """Each entry as the package now holds it: a retried one as it was first recorded."""
+    return [existing[e.path] if _same(existing.get(e.path), e) else e for e in entries]
+
+
+def _same(old: Entry | None, new: Entry) -> bool:
+    return old is not None and old.sha256 == new.sha256 and old.media_type == new.media_type
 
 
 def _refuse_duplicate_paths(paths: list[str]) -> None:

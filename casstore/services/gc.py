@@ -66,7 +66,7 @@ class GcService:
         """Remove objects older than ``cutoff`` that no location names."""
         with self.db.read() as session:
             named = set(session.scalars(select(StorageLocation.object_key)))
-        for prefix in (layout.BLOB_PREFIX, layout.PACK_PREFIX):
+        for prefix in (layout.KeyKind.BLOB, layout.KeyKind.PACK):
             for info in list(self.storage.list(prefix)):
                 if info.key in named or info.last_modified > cutoff:
                     continue

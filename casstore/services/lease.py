@@ -19,7 +19,7 @@ from ulid import ULID
 from ..db import Database
 from ..errors import LeaseHeld
 from ..models import Lease, utcnow
-from .manifest import iso
+from ..times import iso
 
 
 class LeaseHandle:

@@ -7,7 +7,7 @@ from sqlmodel import Session
 
 from ..db import Database
 from ..errors import Gone, NotFound, PackageImmutable
-from ..models import OPEN_STATUSES, Package
+from ..models import Package, PackageStatus
 
 
 def load_package(session: Session, package_id: str, *, lock: bool = False, db: Database | None = None) -> Package:
@@ -23,9 +23,9 @@ def load_package(session: Session, package_id: str, *, lock: bool = False, db: D
 
 def require_open(package: Package) -> None:
     """Raise Gone or PackageImmutable unless the package may still receive files."""
-    if package.status == "deleted":
+    if package.status == PackageStatus.DELETED:
         raise Gone(f"package {package.id} was deleted", package_id=package.id)
-    if package.status not in OPEN_STATUSES:
+    if not PackageStatus(package.status).is_open:
         raise PackageImmutable(f"package {package.id} is {package.status}; it no longer accepts changes",
                                package_id=package.id, package_status=package.status)
 

@@ -12,23 +12,18 @@ import json
 from datetime import datetime
 
 from ..models import Package
+from ..times import iso
 
 SCHEMA = "artifact-store.manifest/v1"
-
-
-def iso(value: datetime | None) -> str | None:
-    """RFC 3339 UTC with a 'Z', as every answer of the store writes times."""
-    if value is None:
-        return None
-    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def canonical_json(value) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def build(package: Package, files: list[dict]) -> bytes:
-    """The manifest bytes for a package and its files ({path, sha256, blake3, size, media_type})."""
+def build(package: Package, files: list[dict], finalized_at: datetime | None = None) -> bytes:
+    """The manifest bytes for a package and its files ({path, sha256, blake3, size, media_type}),
+    finalized at ``finalized_at`` (default: the package's own finalized_at)."""
     document = {
         "schema": SCHEMA,
         "package": {
@@ -38,7 +33,7 @@ def build(package: Package, files: list[dict]) -> bytes:
             "target_profile": package.target_profile,
             "assessment_profile": package.assessment_profile,
             "created_at": iso(package.created_at),
-            "finalized_at": iso(package.finalized_at),
+            "finalized_at": iso(finalized_at or package.finalized_at),
             "metadata": package.producer_metadata,
         },
         "file_count": len(files),

@@ -9,7 +9,6 @@ changes again: the manifest digest names its content for good.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
@@ -17,25 +16,24 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 from ulid import ULID
 
+from .. import auditlog as audit
 from ..cas import BlobStore
 from ..db import Database
-from ..errors import DuplicateRun, InvalidInput, NotFound
-from ..models import Blob, FileEntry, Package, utcnow
-from . import audit, manifest, retention
-from .lookup import load_open_package, load_package, require_open  # noqa: F401  (re-exported)
+from ..errors import Conflict, DuplicateRun, InvalidInput, NotFound
+from ..models import RUN_HOLDING, Blob, FileEntry, Package, PackageStatus, utcnow
+from ..paging import Page
+from ..times import iso
+from ..writer import BlobWriter
+from . import manifest, retention
+from .lookup import load_package, require_open
 
 MAX_METADATA_BYTES = 1 << 20
+MAX_FINALIZE_ROUNDS = 5
 QUERY_FIELDS = ("producer", "run_id", "target_profile", "assessment_profile", "status", "retention_class")
 
 
 def new_package_id() -> str:
     return f"pkg_{ULID()}"
-
-
-@dataclass
-class Page:
-    items: list
-    next_cursor: str | None
 
 
 class PackageService:
@@ -57,14 +55,14 @@ class PackageService:
                 cls = retention.resolve_class(session, producer, retention_class, self.default_retention_class)
                 now = utcnow()
                 package = Package(
-                    id=new_package_id(), producer=producer, status="created", run_id=run_id,
+                    id=new_package_id(), producer=producer, status=PackageStatus.CREATED, run_id=run_id,
                     target_profile=target_profile, assessment_profile=assessment_profile,
                     retention_class=cls.name, expires_at=retention.expiry(cls, now), created_at=now,
                     producer_metadata=metadata)
                 session.add(package)
                 audit.record(session, actor, "package.created", package_id=package.id,
                              run_id=run_id, producer=producer, retention_class=cls.name,
-                             expires_at=manifest.iso(package.expires_at))
+                             expires_at=iso(package.expires_at))
                 session.flush()
                 return package
         except IntegrityError:
@@ -78,7 +76,7 @@ class PackageService:
             return
         existing = session.scalars(select(Package).where(
             Package.producer == producer, Package.run_id == run_id,
-            Package.status.not_in(("deleted", "failed")))).first()
+            Package.status.in_(RUN_HOLDING))).first()
         if existing is not None:
             raise DuplicateRun(
                 f"producer {producer!r} already registered run {run_id!r} as {existing.id} ({existing.status})",
@@ -99,39 +97,60 @@ class PackageService:
         stmt = stmt.order_by(Package.id.desc()).limit(limit + 1)
         with self.db.read() as session:
             rows = list(session.scalars(stmt))
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return Page(rows, rows[-1].id if more and rows else None)
+        return Page.of(rows, limit, key=lambda package: package.id)
 
     def finalize(self, package_id: str, *, actor: str) -> Package:
         """Write the manifest, store it as a blob, and make the package immutable.
 
-        Finalizing a package that is already finalized returns it unchanged,
-        so a resumed ingestion can always end with finalize.
+        Idempotent, also under concurrency: whoever finds the package finalized
+        (before or under its row lock) returns it as it is, with its manifest
+        digest. The manifest is built and placed by a blob writer before the
+        write transaction; under the package's lock the entries are read again,
+        and if an upload changed them in between, the attempt is cancelled and
+        made again.
         """
-        with self.db.read() as session:
-            package = load_package(session, package_id)
-        if package.status == "finalized":
-            return package
-        with self.db.write() as session:
-            package = load_open_package(session, self.db, package_id)
-            now = utcnow()
-            package.finalized_at = now
-            staged = self.blobs.stage_bytes(manifest.build(package, self._manifest_files(session, package_id)))
-            self.blobs.place(staged)
-            self.blobs.claim(session, [staged])
-            self.blobs.add_refs(session, {staged.sha256: 1})
-            cls = retention.resolve_class(session, package.producer, package.retention_class,
-                                          self.default_retention_class)
-            package.expires_at = retention.later(package.expires_at, retention.expiry(cls, now))
-            package.status = "finalized"
-            package.manifest_digest = f"sha256:{staged.sha256}"
-            session.add(package)
-            audit.record(session, actor, "package.finalized", package_id=package_id,
-                         subject=package.manifest_digest, file_count=package.file_count,
-                         total_bytes=package.total_bytes, expires_at=manifest.iso(package.expires_at))
-            session.flush()
-            return package
+        for _ in range(MAX_FINALIZE_ROUNDS):
+            with self.db.read() as session:
+                package = load_package(session, package_id)
+                if package.status == PackageStatus.FINALIZED:
+                    return package
+                require_open(package)
+                now = utcnow()
+                document = self._manifest(session, package, now)
+            with BlobWriter(self.blobs, actor) as writer:
+                staged = writer.add_bytes(document)
+                with writer.commit() as tx:
+                    package = load_package(tx.session, package_id, lock=True, db=self.db)
+                    if package.status == PackageStatus.FINALIZED:
+                        return package
+                    require_open(package)
+                    if self._manifest(tx.session, package, now) != document:
+                        continue  # an upload landed meanwhile: build the manifest again
+                    self._seal(tx, package, staged.sha256, now, actor)
+                    return package
+        raise Conflict(f"package {package_id} kept changing while being finalized; try again",
+                       package_id=package_id)
+
+    def _manifest(self, session: Session, package: Package, finalized_at) -> bytes:
+        """The manifest bytes the package would have if finalized at ``finalized_at``."""
+        return manifest.build(package, self._manifest_files(session, package.id), finalized_at)
+
+    def _seal(self, tx, package: Package, manifest_sha256: str, now, actor: str) -> None:
+        """Inside the writer's transaction: record the manifest blob and make the package immutable."""
+        tx.claim(refs={manifest_sha256: 1})
+        if not tx.rows[manifest_sha256].inserted:  # an existing row: count this package's reference
+            self.blobs.add_refs(tx.session, {manifest_sha256: 1})
+        cls = retention.resolve_class(tx.session, package.producer, package.retention_class,
+                                      self.default_retention_class)
+        package.finalized_at = now
+        package.expires_at = retention.later(package.expires_at, retention.expiry(cls, now))
+        package.status = PackageStatus.FINALIZED
+        package.manifest_digest = f"sha256:{manifest_sha256}"
+        tx.session.add(package)
+        audit.record(tx.session, actor, "package.finalized", package_id=package.id,
+                     subject=package.manifest_digest, file_count=package.file_count,
+                     total_bytes=package.total_bytes, expires_at=iso(package.expires_at))
+        tx.session.flush()
 
     @staticmethod
     def _manifest_files(session: Session, package_id: str) -> list[dict]:

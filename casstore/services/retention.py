@@ -22,12 +22,12 @@ from sqlalchemy import select
 from sqlmodel import Session
 from ulid import ULID
 
+from .. import auditlog as audit
 from ..db import Database
 from ..errors import Gone, InvalidInput, NotFound, RetentionConflict
-from ..models import Hold, Package, Producer, RetentionClass, RetentionEvent, utcnow
-from . import audit
+from ..models import Hold, Package, PackageStatus, Producer, RetentionClass, RetentionEvent, utcnow
+from ..times import iso
 from .lookup import load_package
-from .manifest import iso
 
 
 def resolve_class(session: Session, producer: str, requested: str | None, store_default: str) -> RetentionClass:
@@ -70,7 +70,7 @@ def active_holds(session: Session, package_id: str) -> list[Hold]:
 def why_not_eligible(package: Package, holds: list[Hold], as_of: datetime) -> list[str]:
     """Every reason the package may not be deleted at ``as_of`` (empty: eligible)."""
     reasons = [f"held by {h.id} ({h.reason}) placed by {h.placed_by}" for h in holds]
-    if package.status == "deleted":
+    if package.status == PackageStatus.DELETED:
         reasons.append("already deleted")
     if package.expires_at is None:
         reasons.append(f"retention class {package.retention_class} never expires")
@@ -127,7 +127,7 @@ class RetentionService:
             raise InvalidInput("give exactly one of expires_at, days or retention_class")
         with self.db.write() as session:
             package = load_package(session, package_id, lock=True, db=self.db)
-            if package.status == "deleted":
+            if package.status == PackageStatus.DELETED:
                 raise Gone(f"package {package_id} was deleted", package_id=package_id)
             before = _snapshot(package)
             new_class = package.retention_class
@@ -158,7 +158,7 @@ class RetentionService:
     def place_hold(self, package_id: str, *, actor: str, reason: str) -> Hold:
         with self.db.write() as session:
             package = load_package(session, package_id, lock=True, db=self.db)
-            if package.status == "deleted":
+            if package.status == PackageStatus.DELETED:
                 raise Gone(f"package {package_id} was deleted", package_id=package_id)
             hold = Hold(id=f"hold_{ULID()}", package_id=package_id, reason=reason, placed_by=actor,
                         placed_at=utcnow())

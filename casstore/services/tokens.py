@@ -29,10 +29,10 @@ from typing import Any
 from sqlalchemy import select
 from ulid import ULID
 
+from .. import auditlog as audit
 from ..db import Database
 from ..errors import InvalidInput, NotFound, Unauthenticated
 from ..models import Role, Token, utcnow
-from . import audit
 
 PREFIX = "as_"
 SECRET_CHARS = len(secrets.token_urlsafe(32))  # 43

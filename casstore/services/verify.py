@@ -35,13 +35,13 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, update
 
+from .. import auditlog as audit
 from .. import layout, packs
 from ..cas import PACK_SWEEP_AGE, BlobStore, Location
 from ..db import Database
 from ..errors import ObjectMissing, StorageError
-from ..models import Blob, FileEntry, Package, StorageLocation, utcnow
+from ..models import Blob, BlobState, FileEntry, Package, PackageStatus, StorageLocation, utcnow
 from ..storage import Storage
-from . import audit
 
 STAGING_GRACE = timedelta(hours=1)
 
@@ -105,7 +105,7 @@ class VerifyService:
     def _check_pack_indexes(self, rows: dict[str, BlobAt], report: Report) -> None:
         located: dict[str, list[BlobAt]] = {}
         for row in rows.values():
-            if row.key is not None and layout.is_pack_key(row.key) and row.state != "deleting":
+            if row.key is not None and layout.is_pack_key(row.key) and row.state != BlobState.DELETING:
                 located.setdefault(row.key, []).append(row)
         for key, blobs in located.items():
             try:
@@ -131,7 +131,7 @@ class VerifyService:
         """One HEAD per object: a pack of a thousand blobs is looked at once."""
         seen: dict[str, int | None] = {}
         for sha, row in rows.items():
-            if row.state == "deleting":
+            if row.state == BlobState.DELETING:
                 continue
             if row.key is None:
                 report.findings.append(Finding("blob-missing", sha, "row exists, no location recorded"))
@@ -158,8 +158,8 @@ class VerifyService:
         """
         with self.db.write() as session:
             rows = self.blobs.lock_rows(session, [sha])
-            if sha in rows and rows[sha].state == "present":
-                session.execute(update(Blob).where(Blob.sha256 == sha).values(state="missing"))
+            if sha in rows and rows[sha].state == BlobState.PRESENT:
+                session.execute(update(Blob).where(Blob.sha256 == sha).values(state=BlobState.MISSING))
                 audit.record(session, "verify", "blob.missing", subject=f"sha256:{sha}")
 
     def _check_refcounts(self, report: Report) -> None:
@@ -167,7 +167,7 @@ class VerifyService:
             expected: Counter[str] = Counter(dict(session.execute(
                 select(FileEntry.blob_sha256, func.count())
                 .join(Package, Package.id == FileEntry.package_id)
-                .where(Package.status != "deleted")
+                .where(Package.status != PackageStatus.DELETED)
                 .group_by(FileEntry.blob_sha256)).all()))
             for digest, n in session.execute(select(Package.manifest_digest, func.count())
                                              .where(Package.manifest_digest.is_not(None))
@@ -184,7 +184,7 @@ class VerifyService:
     def _check_manifests(self, report: Report) -> None:
         with self.db.read() as session:
             packages = session.execute(select(Package.id, Package.manifest_digest)
-                                       .where(Package.status == "finalized")).all()
+                                       .where(Package.status == PackageStatus.FINALIZED)).all()
         for package_id, digest in packages:
             report.packages_checked += 1
             if digest is None:
@@ -202,14 +202,14 @@ class VerifyService:
     def _check_unknown_objects(self, rows: dict[str, BlobAt], report: Report) -> None:
         named = {row.key for row in rows.values()}
         recent = utcnow() - PACK_SWEEP_AGE
-        for prefix in (layout.BLOB_PREFIX, layout.PACK_PREFIX):
+        for prefix in (layout.KeyKind.BLOB, layout.KeyKind.PACK):
             for info in self.storage.list(prefix):
                 if info.key not in named:
                     made = layout.pack_key_time(info.key)
                     kind = "pack-active" if made is not None and made > recent else "orphan-object"
                     report.findings.append(Finding(kind, info.key, f"{info.size} bytes, no location"))
         stale_before = utcnow() - STAGING_GRACE
-        for info in self.storage.list(layout.STAGING_PREFIX):
+        for info in self.storage.list(layout.KeyKind.STAGING):
             made = layout.staging_key_time(info.key) or info.last_modified
             kind = "staging-object" if made < stale_before else "staging-active"
             report.findings.append(Finding(kind, info.key, f"{info.size} bytes, started {made.isoformat()}"))
@@ -224,7 +224,7 @@ class VerifyService:
             order = session.execute(select(Blob.sha256, Blob.size, StorageLocation.object_key,
                                            StorageLocation.offset, StorageLocation.length)
                                     .join(StorageLocation, StorageLocation.blob_sha256 == Blob.sha256)
-                                    .where(Blob.state == "present")
+                                    .where(Blob.state == BlobState.PRESENT)
                                     .order_by(Blob.verified_at.is_not(None), Blob.verified_at, Blob.sha256)).all()
         for n, (sha, size, *where) in enumerate(order):
             if deadline is not None and n > 0 and time.monotonic() >= deadline:  # at least one per run
@@ -248,7 +248,7 @@ class VerifyService:
         temporary files older than ``older_than``; returns what was removed."""
         cutoff: datetime = utcnow() - older_than
         removed = []
-        for info in list(self.storage.list(layout.STAGING_PREFIX)):
+        for info in list(self.storage.list(layout.KeyKind.STAGING)):
             made = layout.staging_key_time(info.key) or info.last_modified
             if made < cutoff:
                 self.storage.delete(info.key)

@@ -28,7 +28,7 @@ from flask import current_app, g, request
 
 from casstore import auditlog as audit
 from casstore.config import Settings
-from casstore.errors import Forbidden, NotFound, Unauthenticated
+from casstore.errors import Forbidden, Unauthenticated
 from casstore.models import Role
 from casstore.services.tokens import Principal
 
@@ -233,11 +233,8 @@ def _check_producer(who: Principal, need: Need) -> None:
                             reason="producer", producers=sorted(who.producers))
     elif need is Need.PRODUCE_OWN_PACKAGE:
         package_id = (request.view_args or {}).get("package_id", "")
-        try:
-            producer = current_app.extensions["casstore"].packages.get(package_id).producer
-        except NotFound:
-            return  # the view answers 404
-        if producer not in who.producers:
+        producer = current_app.extensions["casstore"].tokens.producer_of(package_id)
+        if producer is not None and producer not in who.producers:  # None: the view answers 404
             raise Forbidden(f"package {package_id} belongs to producer {producer!r}, not to this token",
                             reason="producer", producers=sorted(who.producers))
 

@@ -20,47 +20,83 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+def _first(env, *names: str) -> str | None:
+    """The first of these variables that is set and not empty."""
+    for name in names:
+        value = env.get(name)
+        if value:
+            return value
+    return None
+
+
+def _flag(value: str | None) -> bool | None:
+    return None if value is None else value.strip().lower() in ("1", "true", "yes", "on")
+
+
+CONDITIONAL_WRITES = ("probe", "off")
+
+
 @dataclass(frozen=True)
 class S3Options:
-    """S3 / Ceph RGW settings; unset values fall back to the AWS_* variables obstore reads."""
+    """S3 / Ceph RGW settings, resolved here once for obstore and botocore alike.
+
+    Every value comes from its ARTIFACT_STORE_S3_* variable, else from the
+    standard AWS_* one (AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, AWS_REGION /
+    AWS_DEFAULT_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    AWS_SESSION_TOKEN, AWS_ALLOW_HTTP). Resolving them here, instead of
+    leaving it to obstore, is needed: the client options the adapter passes
+    (timeouts) replace obstore's own reading of AWS_ALLOW_HTTP.
+
+    ``conditional_writes``: ``probe`` (default) uses the backend's conditional
+    create / copy-if-not-exists where the start-up probe found them working,
+    ``off`` never relies on them (look, then write). ``single_copy_limit``:
+    objects larger than this are copied in parallel ranged parts (S3's CopyObject
+    stops at 5 GiB).
+    """
 
     endpoint: str | None = None
     region: str | None = None
     access_key_id: str | None = None
     secret_access_key: str | None = None
+    session_token: str | None = None
     path_style: bool = True
     allow_http: bool | None = None
     part_size: int = 8 << 20
     concurrency: int = 4
     timeout_s: float = 60
     retries: int = 5
+    conditional_writes: str = "probe"
+    single_copy_limit: int = 5 << 30
 
     def __repr__(self) -> str:  # never print the secret
         return f"S3Options(endpoint={self.endpoint!r}, region={self.region!r}, path_style={self.path_style})"
 
-
     @classmethod
     def from_env(cls, env) -> "S3Options":
-        secret = env.get("ARTIFACT_STORE_S3_SECRET_ACCESS_KEY")
+        secret = _first(env, "ARTIFACT_STORE_S3_SECRET_ACCESS_KEY")
         secret_file = env.get("ARTIFACT_STORE_S3_SECRET_ACCESS_KEY_FILE")
         if secret_file:
             with open(secret_file) as f:
                 secret = f.read().strip()
-        allow = env.get("ARTIFACT_STORE_S3_ALLOW_HTTP")
         addressing = env.get("ARTIFACT_STORE_S3_ADDRESSING", "path")
         if addressing not in ("path", "virtual"):
             raise ValueError("ARTIFACT_STORE_S3_ADDRESSING is 'path' or 'virtual'")
+        conditional = env.get("ARTIFACT_STORE_S3_CONDITIONAL_WRITES", "probe")
+        if conditional not in CONDITIONAL_WRITES:
+            raise ValueError("ARTIFACT_STORE_S3_CONDITIONAL_WRITES is 'probe' or 'off'")
         return cls(
-            endpoint=env.get("ARTIFACT_STORE_S3_ENDPOINT") or None,
-            region=env.get("ARTIFACT_STORE_S3_REGION") or None,
-            access_key_id=env.get("ARTIFACT_STORE_S3_ACCESS_KEY_ID") or None,
-            secret_access_key=secret or None,
+            endpoint=_first(env, "ARTIFACT_STORE_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+            region=_first(env, "ARTIFACT_STORE_S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"),
+            access_key_id=_first(env, "ARTIFACT_STORE_S3_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"),
+            secret_access_key=secret or _first(env, "AWS_SECRET_ACCESS_KEY"),
+            session_token=None if secret else _first(env, "AWS_SESSION_TOKEN"),
             path_style=addressing == "path",
-            allow_http=None if allow is None else allow.lower() in ("1", "true", "yes"),
+            allow_http=_flag(_first(env, "ARTIFACT_STORE_S3_ALLOW_HTTP", "AWS_ALLOW_HTTP")),
             part_size=int(float(env.get("ARTIFACT_STORE_S3_PART_SIZE_MIB", "8")) * (1 << 20)),
             concurrency=int(env.get("ARTIFACT_STORE_S3_CONCURRENCY", "4")),
             timeout_s=float(env.get("ARTIFACT_STORE_S3_TIMEOUT", "60")),
             retries=int(env.get("ARTIFACT_STORE_S3_RETRIES", "5")),
+            conditional_writes=conditional,
         )
 
 

@@ -6,7 +6,9 @@
 - bodies: ``sha``, ``make_tar``;
 - commands: ``cli`` (an operator command as a process), ``environment`` (the
   settings of a process over PostgreSQL and S3);
-- backends: ``make_storage``, ``remaining_keys``, ``leave_stray_write``, ``s3_url``;
+- backends: ``S3_SERVERS`` (SeaweedFS as "s3", Ceph RGW as "rgw", each named by
+  ARTIFACT_STORE_TEST_<NAME>_ENDPOINT), ``BACKENDS``, ``S3_PARAMS``, ``make_storage``,
+  ``remaining_keys``, ``leave_stray_write``, ``s3_url``;
 - load: ``PackageChurn``, the workload of the gc race tests;
 - tokens: ``make_token`` (through the service), ``bearer`` (the header).
 """
@@ -101,13 +103,11 @@ def cli(env_or_settings, *args: str, timeout: float = 600) -> CommandResult | su
     return CommandResult(result.exit_code, result.stdout, result.stderr)
 
 
-def environment(database_url: str, tmp_path: Path) -> dict:
-    """The settings of a server or command process over this database and a fresh S3 prefix."""
+def environment(database_url: str, tmp_path: Path, backend: str = "s3") -> dict:
+    """The settings of a server or command process over this database and a fresh prefix of
+    the S3 server ``backend`` names (a key of S3_SERVERS: "s3" SeaweedFS, "rgw" Ceph RGW)."""
     return {"ARTIFACT_STORE_DATA_DIR": str(tmp_path / "data"), "ARTIFACT_STORE_DATABASE_URL": database_url,
-            "ARTIFACT_STORE_STORAGE_URL": s3_url(), "ARTIFACT_STORE_S3_ENDPOINT": S3_ENDPOINT,
-            "ARTIFACT_STORE_S3_REGION": "us-east-1", "ARTIFACT_STORE_S3_ACCESS_KEY_ID": "testkey",
-            "ARTIFACT_STORE_S3_SECRET_ACCESS_KEY": "testsecret", "ARTIFACT_STORE_S3_ALLOW_HTTP": "true",
-            "ARTIFACT_STORE_S3_PART_SIZE_MIB": "5"}
+            **S3_SERVERS[backend].env()}
 
 
 # ---------------------------------------------------------------- servers
@@ -196,6 +196,7 @@ class ServerProcess:
             except requests.RequestException:
                 pass
             time.sleep(0.1)
+        self.kill()  # never leave a server behind that no test will stop
         raise RuntimeError("server did not become healthy")
 
     def kill(self) -> None:
@@ -240,46 +241,108 @@ def _group_pids(pgid: int) -> list[int]:
 
 # ---------------------------------------------------------------- backends
 
-S3_ENDPOINT = os.environ.get("ARTIFACT_STORE_TEST_S3_ENDPOINT", "")
-S3_BUCKET = os.environ.get("ARTIFACT_STORE_TEST_S3_BUCKET", "test")
-BACKENDS = ["local", "memory", "s3"]
+@dataclass(frozen=True)
+class S3Server:
+    """A real S3-compatible server the test command started, named by environment variables
+    ARTIFACT_STORE_TEST_<NAME>_ENDPOINT (and _ACCESS_KEY_ID, _SECRET_ACCESS_KEY, _BUCKET).
+
+    ``copy_if_not_exists`` is what its probe must report (measured: SeaweedFS honours
+    obstore's conditional multipart copy; Ceph RGW 16 answers its body-less UploadPartCopy
+    with 411 and ignores If-None-Match on CompleteMultipartUpload). Both honour
+    PutObject with If-None-Match: *.
+    """
+
+    name: str
+    what: str
+    copy_if_not_exists: bool
+    default_keys: tuple[str, str]
+
+    def _var(self, suffix: str, default: str = "") -> str:
+        return os.environ.get(f"ARTIFACT_STORE_TEST_{self.name.upper()}_{suffix}", default)
+
+    @property
+    def endpoint(self) -> str:
+        return self._var("ENDPOINT")
+
+    @property
+    def bucket(self) -> str:
+        return self._var("BUCKET", "test")
+
+    @property
+    def keys(self) -> tuple[str, str]:
+        return self._var("ACCESS_KEY_ID", self.default_keys[0]), self._var("SECRET_ACCESS_KEY", self.default_keys[1])
+
+    def skip_unless_running(self) -> None:
+        if not self.endpoint:
+            pytest.skip(f"no {self.what} (set ARTIFACT_STORE_TEST_{self.name.upper()}_ENDPOINT; scripts/test "
+                        f"starts one)")
+
+    def options(self, **overrides) -> S3Options:
+        access, secret = self.keys
+        values = dict(endpoint=self.endpoint, region="us-east-1", access_key_id=access, secret_access_key=secret,
+                      allow_http=True, part_size=5 << 20, timeout_s=30, retries=2)
+        values.update(overrides)
+        return S3Options(**values)
+
+    def url(self, prefix: str | None = None) -> str:
+        return f"s3://{self.bucket}/{prefix or 't-' + uuid.uuid4().hex[:12]}"
+
+    def env(self) -> dict:
+        """The ARTIFACT_STORE_S3_* settings of a process using a fresh prefix of this server."""
+        access, secret = self.keys
+        return {"ARTIFACT_STORE_STORAGE_URL": self.url(), "ARTIFACT_STORE_S3_ENDPOINT": self.endpoint,
+                "ARTIFACT_STORE_S3_REGION": "us-east-1", "ARTIFACT_STORE_S3_ACCESS_KEY_ID": access,
+                "ARTIFACT_STORE_S3_SECRET_ACCESS_KEY": secret, "ARTIFACT_STORE_S3_ALLOW_HTTP": "true",
+                "ARTIFACT_STORE_S3_PART_SIZE_MIB": "5"}
+
+
+S3_SERVERS = {
+    "s3": S3Server("s3", "S3-compatible server (SeaweedFS)", True, ("testkey", "testsecret")),
+    "rgw": S3Server("rgw", "Ceph RGW", False, ("CEPHTESTACCESSKEY001", "cephtestsecretkey0000000000000000000001")),
+}
+S3_ENDPOINT = S3_SERVERS["s3"].endpoint  # SeaweedFS, for tests that need any S3 server
+BACKENDS = ["local", "memory", *S3_SERVERS]
+S3_PARAMS = [pytest.param(name, marks=pytest.mark.skipif(not server.endpoint, reason=f"no {server.what} (set "
+                          f"ARTIFACT_STORE_TEST_{name.upper()}_ENDPOINT; scripts/test starts one)"))
+             for name, server in S3_SERVERS.items()]
 
 
 def s3_options(**overrides) -> S3Options:
-    values = dict(endpoint=S3_ENDPOINT, region="us-east-1",
-                  access_key_id=os.environ.get("ARTIFACT_STORE_TEST_S3_ACCESS_KEY_ID", "testkey"),
-                  secret_access_key=os.environ.get("ARTIFACT_STORE_TEST_S3_SECRET_ACCESS_KEY", "testsecret"),
-                  allow_http=True, part_size=5 << 20, timeout_s=30, retries=2)
-    values.update(overrides)
-    return S3Options(**values)
+    return S3_SERVERS["s3"].options(**overrides)
 
 
 def s3_url(prefix: str | None = None) -> str:
-    return f"s3://{S3_BUCKET}/{prefix or 't-' + uuid.uuid4().hex[:12]}"
+    return S3_SERVERS["s3"].url(prefix)
 
 
-def make_storage(kind: str, tmp_path):
+def make_storage(kind: str, tmp_path, **s3_overrides):
     if kind == "local":
         return LocalStorage(str(tmp_path / "objects"))
     if kind == "memory":
         return open_storage("memory:///")
-    if kind == "s3":
-        if not S3_ENDPOINT:
-            pytest.skip("no S3-compatible server (set ARTIFACT_STORE_TEST_S3_ENDPOINT; .ci/run starts SeaweedFS)")
-        return open_storage(s3_url(), s3=s3_options())
+    if kind in S3_SERVERS:
+        server = S3_SERVERS[kind]
+        server.skip_unless_running()
+        return open_storage(server.url(), s3=server.options(**s3_overrides))
     raise pytest.skip.Exception(f"unknown backend {kind}")
 
 
-def remaining_keys(storage) -> list[str]:
-    """Everything still on the backend, including obstore's hidden local temporaries."""
+def remaining_keys(storage, folders: bool = False) -> list[str]:
+    """Everything still on the backend: objects, writes that never completed (incomplete
+    multipart uploads, obstore's local temporaries) and, locally with ``folders``, empty folders
+    (obstore leaves the folders of deleted objects)."""
     keys = [info.key for info in storage.list("")]
     root = getattr(storage, "root", None)
+    if not root:  # locally the walk below shows obstore's temporaries themselves
+        keys += [f"(incomplete) {stray.key}" for stray in storage.stray_writes()]
     if root:
-        for dirpath, _dirs, files in os.walk(root):
+        for dirpath, dirs, files in os.walk(root):
             for name in files:
                 rel = os.path.relpath(os.path.join(dirpath, name), root)
                 if rel not in keys:
                     keys.append(rel)
+            if folders and not dirs and not files and dirpath != root:
+                keys.append(os.path.relpath(dirpath, root) + "/ (empty folder)")
     return sorted(keys)
 
 

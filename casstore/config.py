@@ -130,7 +130,7 @@ class Settings:
             default_retention_class=env.get("ARTIFACT_STORE_DEFAULT_RETENTION_CLASS", "raw-evidence"),
             public_url=env.get("ARTIFACT_STORE_PUBLIC_URL", ""),
             auth=_auth_mode(env.get("ARTIFACT_STORE_AUTH")),
-            anonymous_read=_flag(env.get("ARTIFACT_STORE_ANONYMOUS_READ"), "ARTIFACT_STORE_ANONYMOUS_READ"),
+            anonymous_read=_true_or_false(env.get("ARTIFACT_STORE_ANONYMOUS_READ"), "ARTIFACT_STORE_ANONYMOUS_READ"),
             s3=S3Options.from_env(env),
         )
         values.update(overrides)
@@ -149,7 +149,7 @@ def _auth_mode(value: str | None) -> str | None:
     return value.strip().lower()
 
 
-def _flag(value: str | None, name: str) -> bool:
+def _true_or_false(value: str | None, name: str) -> bool:
     if value is None or not value.strip():
         return False
     if value.strip().lower() not in ("1", "true", "yes", "0", "false", "no"):

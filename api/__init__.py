@@ -16,6 +16,7 @@ from . import (
     audit,
     auth,
     blobs,
+    chunks,
     eligibility,
     files,
     health,
@@ -61,7 +62,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     api = problems.ProblemApi(app, spec_kwargs={"info": {"description": DESCRIPTION}})
     problems.register(app)
     auth.install(app, api, access)
-    for module in (packages, files, retention, blobs, eligibility, audit, retention_classes, health, metrics,
+    for module in (packages, files, retention, blobs, chunks, eligibility, audit, retention_classes, health, metrics,
                    tokens):
         api.register_blueprint(module.blp)
     app.wsgi_app = Observe(app.wsgi_app)

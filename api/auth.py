@@ -75,6 +75,8 @@ POLICY: dict[tuple[str, str], Need] = {
     # ingestion
     ("POST", "/v1/packages"): Need.PRODUCE_OWN_NAME,
     ("POST", "/v1/blobs/missing"): Need.PRODUCE,
+    ("POST", "/v1/chunks/missing"): Need.PRODUCE,
+    ("POST", "/v1/packages/{package_id}/chunked/{logical_path}"): Need.PRODUCE_OWN_PACKAGE,
     ("PUT", "/v1/packages/{package_id}/files/{logical_path}"): Need.PRODUCE_OWN_PACKAGE,
     ("POST", "/v1/packages/{package_id}/tar"): Need.PRODUCE_OWN_PACKAGE,
     ("POST", "/v1/packages/{package_id}/attach"): Need.PRODUCE_OWN_PACKAGE,

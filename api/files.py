@@ -109,6 +109,27 @@ class FileItem(MethodView):
         return file_response(download, partial=byte_range is not None)
 
 
+@blp.route("/<string:package_id>/chunked/<anypath:logical_path>")
+class ChunkedFile(MethodView):
+    @blp.arguments(UploadQuery, location="query", unknown=RAISE)
+    @blp.response(201, FileEntryOut, description="the file was added (or replaced)")
+    @blp.alt_response(200, schema=FileEntryOut, description="the path already held exactly these bytes")
+    @blp.doc(requestBody={"content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}}})
+    def post(self, query, package_id, logical_path):
+        """Add a large file as its chunk list, sending only the chunks the store lacks.
+
+        The body is an uncompressed tar: first `recipe.json` (`{"chunker", "chunks": [[id, size], ...],
+        "media_type"}`), then one member per chunk the store lacks (`POST /v1/chunks/missing`), named
+        by its id, in recipe order, once each time it occurs. The server derives every sent chunk's id
+        from its bytes and computes the file's SHA-256 and BLAKE3 itself (422 if they differ from
+        X-Checksum-Sha256); 409 with `missing_chunks` if a chunk was neither sent nor held.
+        """
+        entry, changed = context.store().files.put_chunked(
+            package_id, context.raw_logical_path(PATH_PREFIX_SEGMENTS), request_body(), actor=context.actor(),
+            expected_sha256=expected_digest(), replace=query["replace"])
+        return entry, 201 if changed else 200
+
+
 def file_response(download, partial: bool) -> Response:
     entry = download.entry
     etag = f'"{entry.sha256}"'

@@ -246,6 +246,18 @@ class RetentionClassList(Schema):
     items = fields.List(fields.Nested(RetentionClassOut))
 
 
+# ---------------------------------------------------------------- chunks
+class MissingChunksRequest(Strict):
+    chunks = fields.List(fields.String(validate=SHA256_HEX), required=True,
+                         validate=validate.Length(min=0, max=10000),
+                         metadata={"description": "chunk ids (BLAKE3 derive-key, 64 hex)"})
+
+
+class MissingChunksResult(Schema):
+    missing = fields.List(fields.String(), metadata={"description": "chunk ids the store lacks: send them"})
+    chunker = fields.String(metadata={"description": "the chunker (and its settings) this store cuts with"})
+
+
 # ---------------------------------------------------------------- tokens
 class TokenCreate(Strict):
     name = fields.String(required=True, validate=validate.Length(min=1, max=64))

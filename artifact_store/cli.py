@@ -260,15 +260,19 @@ def delete(package_id: str, reason: str) -> None:
 @main.command()
 @click.option("--orphan-grace", default="1h", show_default=True,
               help="Leave objects no row knows alone until they are this old (an upload may be finishing).")
+@click.option("--repack-grace", default="1h", show_default=True,
+              help="Delete packs emptied by repacking only once retired this long (reads in flight).")
 @click.option("--json", "as_json", is_flag=True)
-def gc(orphan_grace: str, as_json: bool) -> None:
-    """Remove the bytes of blobs no live file entry references; safe while ingestion runs."""
+def gc(orphan_grace: str, repack_grace: str, as_json: bool) -> None:
+    """Remove the bytes of blobs and chunks no live file references, repack mostly dead packs;
+    safe while ingestion runs."""
     import json
 
     from casstore.errors import CasstoreError
 
     try:
-        report = _store().gc.run(actor=_actor(), orphan_grace=_duration(orphan_grace))
+        report = _store().gc.run(actor=_actor(), orphan_grace=_duration(orphan_grace),
+                                 repack_grace=_duration(repack_grace))
     except CasstoreError as exc:
         _fail(exc)
     if as_json:
@@ -276,6 +280,9 @@ def gc(orphan_grace: str, as_json: bool) -> None:
     else:
         click.echo(f"removed {report.blobs_removed} blob(s), {_size(report.bytes_freed)}; "
                    f"{report.orphans_removed} orphan object(s), {_size(report.orphan_bytes_freed)}; "
+                   f"{report.chunks_removed} chunk(s); {report.packs_repacked} pack(s) repacked "
+                   f"({_size(report.repack_bytes_copied)} copied), {report.retired_removed} retired pack(s) "
+                   f"deleted, {_size(report.retired_bytes_freed)}; "
                    f"{report.skipped} candidate(s) taken back by writers")
 
 

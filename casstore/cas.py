@@ -26,22 +26,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import timedelta
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlmodel import Session
 
 from . import layout
-from .db import Database
+from .chunks import ChunkedBytes, ChunkStore
+from .db import Database, insert_for
 from .digests import Digests
 from .errors import ObjectMissing, StorageError
 from .models import Blob, BlobState, StorageLocation, utcnow
+from .packs import PACK_SWEEP_AGE, PACK_TRUST  # noqa: F401 (re-exported: the trust windows live with packs)
 from .storage import Storage
 
 SMALL_BLOB = 1 << 20  # bodies up to this size stay in memory and go into packs
 MAX_CLAIM_ROUNDS = 10
-PACK_TRUST = timedelta(minutes=20)  # a claim records locations only in packs younger than this
-PACK_SWEEP_AGE = 2 * PACK_TRUST  # the sweep removes unreferenced packs only when older than this
 
 
 @dataclass
@@ -56,15 +55,6 @@ class BlobRow:
     located: bool = False  # this transaction recorded the blob's location (the staged bytes are where it says)
 
 
-def insert_for(session: Session):
-    """The dialect's INSERT, which knows ON CONFLICT DO NOTHING."""
-    if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert
-
-
 @dataclass
 class StagedBlob:
     """Bytes whose digests are known, waiting to be claimed."""
@@ -74,6 +64,7 @@ class StagedBlob:
     data: bytes | None = None  # small blobs: the bytes themselves
     object_key: str | None = None  # once placed: its own key, or a pack's
     offset: int = 0  # where in that object it starts
+    chunked: ChunkedBytes | None = None  # a large file taken in as chunks (chunks.py): its recipe
 
     @property
     def sha256(self) -> str:
@@ -86,11 +77,18 @@ class StagedBlob:
 
 @dataclass(frozen=True)
 class Location:
-    """Where a blob's bytes are: a whole object, or a slice of a pack."""
+    """Where a blob's bytes are: a whole object, a slice of a pack, or (``chunked``) the
+    chunks its recipe lists (``sha256`` then names the blob; ``object_key`` is empty)."""
 
     object_key: str
     offset: int
     length: int
+    chunked: bool = False
+    sha256: str = ""
+
+    @classmethod
+    def of_recipe(cls, sha256: str, size: int) -> "Location":
+        return cls("", 0, size, chunked=True, sha256=sha256)
 
 
 class BlobStore:
@@ -99,6 +97,7 @@ class BlobStore:
     def __init__(self, storage: Storage, db: Database) -> None:
         self.storage = storage
         self.db = db
+        self.chunks = ChunkStore(storage, db)
 
     # placing one blob -----------------------------------------------------------
     def place(self, staged: StagedBlob) -> bool:
@@ -170,28 +169,47 @@ class BlobStore:
             raise StorageError("could not hold the blob rows against concurrent gc; retry the request")
         for d in new:
             rows[d].inserted = True
-        revived, placed, packs_seen = [], [], {}
+        revived, placed, chunked, packs_seen = [], [], [], {}
         for row in rows.values():
             blob = by_digest.get(row.sha256)
             if blob is None or (row.state == BlobState.PRESENT and row.sha256 not in new):
                 continue
-            if row.state == BlobState.MISSING:  # verify found it lost or damaged: these bytes replace it
-                self.storage.delete(layout.blob_key(blob.sha256))
-            self._ensure_placed(blob, packs_seen)
-            placed.append(blob)
+            if row.state != BlobState.PRESENT and row.sha256 not in new:
+                self._forget_old_bytes(session, blob, row.state)
+            if blob.chunked is not None:
+                chunked.append((blob.sha256, blob.chunked))
+            else:
+                self._ensure_placed(blob, packs_seen)
+                placed.append(blob)
             rows[row.sha256].located = True
             if row.state != BlobState.PRESENT:  # taken back from gc, or repaired after verify
-                revived.append({"d": blob.sha256, "size": blob.size, "b3": blob.digests.blake3})
+                revived.append({"d": blob.sha256, "size": blob.size, "b3": blob.digests.blake3,
+                                "ck": blob.chunked.chunker if blob.chunked else None})
                 rows[row.sha256] = BlobRow(row.sha256, blob.size, BlobState.PRESENT, row.refcount,
                                            row.inserted, located=True)
         if revived:
             table = Blob.__table__
             session.connection().execute(
                 update(table).where(table.c.sha256 == bindparam("d"))
-                .values(state=BlobState.PRESENT, size=bindparam("size"), blake3=bindparam("b3"), created_at=utcnow()),
+                .values(state=BlobState.PRESENT, size=bindparam("size"), blake3=bindparam("b3"),
+                        chunker=bindparam("ck"), created_at=utcnow()),
                 revived)
         self._record_locations(session, placed)
+        self.chunks.claim(session, chunked)
         return rows
+
+    def _forget_old_bytes(self, session: Session, blob: StagedBlob, state: str) -> None:
+        """A row taken back from gc or verify, about to be recorded anew from these bytes: drop
+        what it said before (row locked, not 'present': nobody relies on it). A recipe goes with
+        its references; a whole object at the blob's key is replaced (it may be damaged)."""
+        if blob.chunked is not None:
+            table = StorageLocation.__table__
+            session.connection().execute(delete(table).where(table.c.blob_sha256 == blob.sha256))
+            self.storage.delete(layout.blob_key(blob.sha256))
+        else:
+            self.chunks.drop_recipe(session, blob.sha256)
+            if state == BlobState.MISSING:  # verify found it lost or damaged: these bytes replace it
+                self.storage.delete(layout.blob_key(blob.sha256))
 
     def _insert_missing_rows(self, session: Session, staged: list[StagedBlob], refs: dict[str, int]) -> set[str]:
         """Insert rows for blobs the registry has never seen; returns the digests inserted."""
@@ -203,7 +221,7 @@ class BlobStore:
         inserted = conn.execute(
             insert(Blob.__table__).on_conflict_do_nothing().returning(Blob.__table__.c.sha256),
             [dict(sha256=s.sha256, size=s.size, blake3=s.digests.blake3, refcount=refs.get(s.sha256, 0),
-                  state=BlobState.PRESENT,
+                  state=BlobState.PRESENT, chunker=s.chunked.chunker if s.chunked else None,
                   created_at=now, verified_at=None) for s in staged]).scalars().all()
         return set(inserted)
 
@@ -222,11 +240,16 @@ class BlobStore:
                  offset=s.offset, length=s.size) for s in staged])
 
     def locate(self, session: Session, sha256: str) -> Location | None:
-        """Where a blob's bytes are recorded to be."""
+        """Where a blob's bytes are recorded to be (a chunked blob: its recipe)."""
         table = StorageLocation.__table__
         row = session.connection().execute(select(table.c.object_key, table.c.offset, table.c.length)
                                            .where(table.c.blob_sha256 == sha256)).first()
-        return Location(*row) if row else None
+        if row:
+            return Location(*row)
+        blob = Blob.__table__
+        chunked = session.connection().execute(select(blob.c.size).where(
+            blob.c.sha256 == sha256, blob.c.chunker.is_not(None))).first()
+        return Location.of_recipe(sha256, chunked[0]) if chunked else None
 
     def lock_rows(self, session: Session, digests: list[str]) -> dict[str, BlobRow]:
         """Lock blob rows in digest order (a fixed order: no deadlocks between batches)."""
@@ -269,6 +292,8 @@ class BlobStore:
         """Stream the bytes at a location, or its range [start, end)."""
         start = start or 0
         end = where.length if end is None else min(end, where.length)
+        if where.chunked:
+            return self.chunks.read(where.sha256, start, end)
         if where.offset == 0 and start == 0 and not layout.is_pack_key(where.object_key):
             return self.storage.get(where.object_key, None, None if end == where.length else end)
         return self.storage.get(where.object_key, where.offset + start, where.offset + end)

@@ -16,10 +16,16 @@ from sqlmodel import Session
 
 from . import auditlog as audit
 from . import layout
-from .cas import PACK_SWEEP_AGE, BlobStore, StagedBlob, insert_for
-from .models import Blob, BlobState, StorageLocation, utcnow
+from .cas import PACK_SWEEP_AGE, BlobStore, StagedBlob
+from .db import insert_for
+from .models import Blob, BlobState, Chunk, RetiredPack, StorageLocation, utcnow
 
 log = logging.getLogger(__name__)
+
+
+def retired(session: Session, key: str) -> bool:
+    """Whether repacking emptied this pack: it then goes only after its grace (repack.py)."""
+    return session.get(RetiredPack, key) is not None
 
 
 class BlobCollector:
@@ -31,7 +37,9 @@ class BlobCollector:
         self.storage = blobs.storage
 
     def pack_referenced(self, session: Session, key: str) -> bool:
-        """Whether any location still names this pack."""
+        """Whether any location (a blob pack) or chunk row (a chunk pack) still names this pack."""
+        if layout.is_chunk_pack_key(key):
+            return self.blobs.chunks.pack_referenced(session, key)
         table = StorageLocation.__table__
         return session.connection().execute(
             select(table.c.blob_sha256).where(table.c.object_key == key).limit(1)).first() is not None
@@ -72,18 +80,22 @@ class BlobCollector:
                 return None
             size = row.size
             where = self.blobs.locate(session, sha256)
+            if where is not None and where.chunked:  # its chunks lose a reference each; gc collects them next
+                self.blobs.chunks.drop_recipe(session, sha256)
+                size = 0  # the bytes come back when its chunks go
             session.connection().execute(delete(StorageLocation.__table__)
                                          .where(StorageLocation.__table__.c.blob_sha256 == sha256))
             self.storage.delete(layout.blob_key(sha256))  # its own object (or a stray copy of it)
             if where is not None and layout.is_pack_key(where.object_key) \
-                    and not self.pack_referenced(session, where.object_key):
+                    and not self.pack_referenced(session, where.object_key) and not retired(session, where.object_key):
                 self.storage.delete(where.object_key)
             session.connection().execute(delete(table).where(table.c.sha256 == sha256))
             if audited:
                 audit.record(session, actor, "blob.collected", subject=f"sha256:{sha256}", size=size)
             return size
 
-    def undo_place(self, loose: list[StagedBlob], pack_keys: list[str], actor: str) -> None:
+    def undo_place(self, loose: list[StagedBlob], pack_keys: list[str], actor: str,
+                   chunk_packs: list[str] = ()) -> None:
         """After a failed commit, take back what an upload put on the backend (best effort).
 
         Never committed, so nothing to audit: the store is as before the request.
@@ -94,7 +106,7 @@ class BlobCollector:
         try:
             for staged in loose:
                 self.collect(staged.sha256, actor, audited=False)
-            for key in pack_keys:
+            for key in [*pack_keys, *chunk_packs]:
                 self.drop_unreferenced_pack(key)
         except Exception:  # the original error matters more; gc will find the orphans
             log.warning("could not take back the objects of a failed upload", exc_info=True)
@@ -132,14 +144,14 @@ class BlobCollector:
         key goes through collect when no row knows the digest, or is dropped
         as a stray copy when the row is 'present' and located elsewhere.
         """
-        made = layout.pack_key_time(key)
+        made = layout.any_pack_key_time(key)
         if made is not None:
             if utcnow() - made < PACK_SWEEP_AGE:
                 return None
             with self.db.write() as session:
                 info = self.storage.head(key)
-                if info is None or self.pack_referenced(session, key):
-                    return None
+                if info is None or self.pack_referenced(session, key) or retired(session, key):
+                    return None  # a retired pack goes after its grace (repack.py)
                 self.storage.delete(key)
                 audit.record(session, actor, "pack.collected", subject=key, size=info.size)
                 return info.size
@@ -160,3 +172,50 @@ class BlobCollector:
                              size=info.size, kept=where.object_key)
                 return info.size
         return self.collect(digest, actor)
+
+
+class ChunkCollector:
+    """Removes chunks that no recipe names, by the same two transactions as blobs.
+
+    A) under the chunk row's lock, if refcount = 0, set 'deleting' (a writer that
+       meets the row now takes it back if its pack is still there, or records its
+       own copy); B) under the lock again, if still 'deleting' with refcount 0,
+       delete the row, and the chunk pack once no chunk row names it. A crash
+       between A and B leaves a 'deleting' row that the next collect or upload settles.
+    Chunk rows are locked alone here (never a blob row after one): no lock cycle with
+    writers, which lock blob rows, then chunk rows.
+    """
+
+    def __init__(self, blobs: BlobStore) -> None:
+        self.chunks = blobs.chunks
+        self.db = blobs.db
+        self.storage = blobs.storage
+
+    def candidates(self, limit: int | None = None) -> list[str]:
+        with self.db.read() as session:
+            stmt = select(Chunk.id).where(Chunk.refcount == 0).order_by(Chunk.id)
+            return list(session.scalars(stmt.limit(limit) if limit else stmt))
+
+    def collect(self, cid: str, actor: str) -> int | None:
+        """Remove a chunk no recipe names; returns the pack bytes freed (0 while its pack
+        holds other chunks: repacking reclaims those), or None if it was kept."""
+        table = Chunk.__table__
+        with self.db.write() as session:
+            row = self.chunks.lock_rows(session, [cid]).get(cid)
+            if row is None or row.refcount > 0:
+                return None
+            if row.state != BlobState.DELETING:
+                session.connection().execute(update(table).where(table.c.id == cid)
+                                             .values(state=BlobState.DELETING))
+        with self.db.write() as session:
+            row = self.chunks.lock_rows(session, [cid]).get(cid)
+            if row is None or row.state != BlobState.DELETING or row.refcount != 0:
+                return None
+            session.connection().execute(delete(table).where(table.c.id == cid))
+            freed = 0
+            if not self.chunks.pack_referenced(session, row.object_key) and not retired(session, row.object_key):
+                info = self.storage.head(row.object_key)
+                self.storage.delete(row.object_key)
+                freed = info.size if info is not None else 0
+                audit.record(session, actor, "pack.collected", subject=row.object_key, size=freed)
+            return freed

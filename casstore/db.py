@@ -151,6 +151,15 @@ class Database:
             self._gate = None
 
 
+def insert_for(session: Session):
+    """The dialect's INSERT, which knows ON CONFLICT DO NOTHING."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
+
+
 def alembic_config(url: str):
     """An Alembic config for ``url`` that needs no alembic.ini on disk."""
     from alembic.config import Config

@@ -16,7 +16,9 @@ The HTTP layer maps each branch to one status, in one place (api/problems.py)::
     │   ├── PackageImmutable      the package is finalized, deleted or failed
     │   ├── DuplicateRun          a live package already has this producer + run_id
     │   ├── RetentionConflict     a retention change would shorten expiry, or deletion is not allowed
-    │   └── LeaseHeld             background work is already running elsewhere
+    │   ├── LeaseHeld             background work is already running elsewhere
+    │   └── ChunksMissing         chunks a large file needs are not in the store (never sent, or
+    │                             collected meanwhile): send them (``missing_chunks``) and retry
     ├── RangeNotSatisfiable       416: a byte range outside the file
     ├── Unauthenticated           401: no bearer token, or one that is unknown, expired or revoked
     ├── Forbidden                 403: the token's role or producer names do not allow this request
@@ -133,6 +135,12 @@ class LeaseHeld(Conflict):
     """Background work (gc, verify) already runs under a live lease elsewhere."""
 
     title = "Lease held"
+
+
+class ChunksMissing(Conflict):
+    """A chunked file names chunks the store does not hold: the client sends them and repeats."""
+
+    title = "Chunks Missing"
 
 
 class RangeNotSatisfiable(CasstoreError):

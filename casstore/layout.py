@@ -12,6 +12,10 @@ The key tree, identical on every backend (relative to the storage root)::
         <ulid>                      many small blobs of one upload batch, back to back,
                                     then an index naming each (see packs.py); a blob's
                                     offset and length are also in storage_location
+      chunks/
+        <ulid>                      the new chunks of one upload of a large file, back to back,
+                                    then an index naming each (packs.py); a chunk's offset
+                                    is also in its chunk row
       staging/
         <ulid>                      an upload in progress, before its digest is known
       health/
@@ -37,12 +41,14 @@ class KeyKind(StrEnum):
 
     BLOB = "blobs/sha256/"
     PACK = "packs/"
+    CHUNK_PACK = "chunks/"
     STAGING = "staging/"
     HEALTH = "health/"
 
 
 BLOB_PREFIX = KeyKind.BLOB.value
 PACK_PREFIX = KeyKind.PACK.value
+CHUNK_PACK_PREFIX = KeyKind.CHUNK_PACK.value
 STAGING_PREFIX = KeyKind.STAGING.value
 HEALTH_PREFIX = KeyKind.HEALTH.value
 
@@ -88,6 +94,23 @@ def is_pack_key(key: str) -> bool:
 def pack_key_time(key: str) -> datetime | None:
     """When a pack was made (from its ULID), or None if the key is not a pack's."""
     return _ulid_time(key[len(PACK_PREFIX):]) if key.startswith(PACK_PREFIX) else None
+
+
+def new_chunk_pack_key() -> str:
+    """A fresh key for the chunk pack of one upload (never reused, like a blob pack's)."""
+    return f"{CHUNK_PACK_PREFIX}{ULID()}"
+
+
+def is_chunk_pack_key(key: str) -> bool:
+    return kind_of(key) is KeyKind.CHUNK_PACK
+
+
+def any_pack_key_time(key: str) -> datetime | None:
+    """When a blob pack or a chunk pack was made (from its ULID), or None for other keys."""
+    kind = kind_of(key)
+    if kind in (KeyKind.PACK, KeyKind.CHUNK_PACK):
+        return _ulid_time(key[len(kind.value):])
+    return None
 
 
 def new_staging_key() -> str:

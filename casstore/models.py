@@ -145,6 +145,52 @@ class Blob(BlobBase, table=True):
     state: str = Field(default=BlobState.PRESENT, max_length=16)
     created_at: datetime = Field(default_factory=utcnow)
     verified_at: datetime | None = None
+    # Set for a file stored as its ordered list of chunks (blob_chunk rows): the chunker's name,
+    # which pins its settings (chunking.CHUNKER); NULL for a blob stored whole (storage_location).
+    chunker: str | None = Field(default=None, max_length=64)
+
+
+class Chunk(SQLModel, table=True):
+    """A content-defined chunk of large files, stored once: its bytes are a slice of a chunk pack.
+
+    ``id`` is the BLAKE3 derive-key id of its bytes (chunking.chunk_id), never a file digest.
+    ``refcount`` = the blob_chunk rows naming it (a chunk twice in one file counts twice); it
+    changes only under this row's lock, like a blob's. ``state`` is a BlobState.
+    """
+
+    __tablename__ = "chunk"
+    __table_args__ = (Index("ix_chunk_refcount_state", "refcount", "state"),
+                      Index("ix_chunk_object_key", "object_key"),
+                      Index("ix_chunk_verified_at", "verified_at"),
+                      CheckConstraint("refcount >= 0", name="ck_chunk_refcount_nonnegative"),
+                      CheckConstraint("state IN ('present', 'deleting', 'missing')", name="ck_chunk_state"))
+    id: str = Field(primary_key=True, min_length=64, max_length=64)
+    size: int = Field(sa_type=BigInteger)
+    refcount: int = Field(default=0, sa_type=BigInteger)
+    state: str = Field(default=BlobState.PRESENT, max_length=16)
+    object_key: str = Field(sa_type=Text)
+    offset: int = Field(default=0, sa_type=BigInteger)
+    created_at: datetime = Field(default_factory=utcnow)
+    verified_at: datetime | None = None
+
+
+class BlobChunk(SQLModel, table=True):
+    """A chunked file's recipe: the chunk at each offset, in file order (the key orders them)."""
+
+    __tablename__ = "blob_chunk"
+    __table_args__ = (PrimaryKeyConstraint("blob_sha256", "offset", name="pk_blob_chunk"),)
+    blob_sha256: str = Field(sa_column=Column(String(64), ForeignKey("blob.sha256"), nullable=False))
+    offset: int = Field(sa_type=BigInteger)
+    chunk_id: str = Field(sa_column=Column(String(64), ForeignKey("chunk.id"), nullable=False, index=True))
+
+
+class RetiredPack(SQLModel, table=True):
+    """A pack that repacking emptied: deleted by gc once retired longer than its grace
+    (a read that located an entry in it just before the move still finds it)."""
+
+    __tablename__ = "retired_pack"
+    object_key: str = Field(sa_type=Text, primary_key=True)
+    retired_at: datetime = Field(default_factory=utcnow)
 
 
 class StorageLocation(SQLModel, table=True):

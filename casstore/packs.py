@@ -23,14 +23,18 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import timedelta
 
 from . import layout
 from .errors import ObjectMissing
 from .storage import Storage
 
+PACK_TRUST = timedelta(minutes=20)  # a claim records locations only in packs younger than this
+PACK_SWEEP_AGE = 2 * PACK_TRUST  # the sweep removes unreferenced packs only when older than this
 MAGIC = b"ASPACK01"
 FOOTER = len(MAGIC) + 8
 FORMAT = "artifact-store.pack/v1"
+CHUNK_FORMAT = "artifact-store.chunkpack/v1"  # the same layout; entries are [chunk id, offset, length]
 
 
 @dataclass(frozen=True)
@@ -66,10 +70,15 @@ def build(blobs: list[tuple[str, bytes]]) -> Pack:
         chunks.append(data)
         placed.append(PackedBlob(sha, offset, len(data)))
         offset += len(data)
-    index = json.dumps({"format": FORMAT, "blobs": [[b.sha256, b.offset, b.length] for b in placed]},
-                       separators=(",", ":")).encode()
-    chunks += [index, MAGIC + len(index).to_bytes(8, "big")]
+    chunks += trailer(placed)
     return Pack(layout.new_pack_key(), chunks, placed)
+
+
+def trailer(placed: list[PackedBlob], fmt: str = FORMAT) -> list[bytes]:
+    """The index and the footer that end a pack (``sha256`` holds a chunk id in a chunk pack)."""
+    index = json.dumps({"format": fmt, "blobs": [[b.sha256, b.offset, b.length] for b in placed]},
+                       separators=(",", ":")).encode()
+    return [index, MAGIC + len(index).to_bytes(8, "big")]
 
 
 def write(storage: Storage, pack: Pack) -> None:
@@ -90,7 +99,7 @@ def read_index(storage: Storage, key: str) -> list[PackedBlob]:
     start = info.size - FOOTER - int.from_bytes(footer[len(MAGIC):], "big")
     try:
         index = json.loads(b"".join(storage.get(key, start, info.size - FOOTER))) if start >= 0 else {}
-        if index.get("format") != FORMAT:
+        if index.get("format") not in (FORMAT, CHUNK_FORMAT):
             raise ValueError(f"unknown pack format {index.get('format')!r}")
         return [PackedBlob(sha, offset, n) for sha, offset, n in index["blobs"]]
     except (ValueError, KeyError, TypeError, AttributeError) as exc:

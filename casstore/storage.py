@@ -398,6 +398,32 @@ class LocalStorage(ObjectStorage):
             return None
         return ObjectInfo(key=key, size=st.st_size, last_modified=datetime.fromtimestamp(st.st_mtime, timezone.utc))
 
+    def get(self, key: str, start: int | None = None, end: int | None = None) -> Iterator[bytes]:
+        """The object, or [start, end), by pread(2) in 4 MiB pieces: obstore's local reads
+        streamed 100 MB in 0.55 s (a range) and 1.6 s (whole) where pread takes 0.06 s,
+        and a chunked file's read or assemble is mostly such reads."""
+        try:
+            fd = os.open(os.path.join(self.root, key), os.O_RDONLY)
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise ObjectMissing(f"object not found: {key}") from exc
+        except OSError as exc:
+            raise StorageError(f"storage backend failed on {key}: {exc}") from exc
+        return self._pread(fd, key, start or 0, end)
+
+    @staticmethod
+    def _pread(fd: int, key: str, pos: int, end: int | None) -> Iterator[bytes]:
+        try:
+            while end is None or pos < end:
+                data = os.pread(fd, 4 * READ_CHUNK if end is None else min(4 * READ_CHUNK, end - pos), pos)
+                if not data:
+                    return
+                pos += len(data)
+                yield data
+        except OSError as exc:
+            raise StorageError(f"storage backend failed on {key}: {exc}") from exc
+        finally:
+            os.close(fd)
+
     def stray_writes(self) -> list[StrayWrite]:
         """obstore's temporary files (``<key>#<n>``) of puts that were killed before their rename."""
         found = []

@@ -263,3 +263,20 @@ def _header(name: bytes, size: int, kind: bytes) -> bytes:
     header[148:156] = b"%06o\0 " % sum(header)
     return bytes(header)
 
+
+
+def member_header(name: str, size: int) -> bytes:
+    """The ustar header of one regular file member (an ASCII name of at most 100 bytes), for
+    writers that stream a member's data themselves (the ingest CLI's chunk uploads)."""
+    raw = name.encode("ascii")
+    if len(raw) > 100:
+        raise ValueError("member_header takes names of at most 100 ASCII bytes")
+    return _header(raw, size, b"0")
+
+
+def padding(size: int) -> bytes:
+    """The zero bytes that follow ``size`` bytes of member data."""
+    return bytes(-size % BLOCK)
+
+
+END_OF_ARCHIVE = bytes(2 * BLOCK)

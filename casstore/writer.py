@@ -45,11 +45,13 @@ from dataclasses import dataclass, field
 
 from sqlmodel import Session
 
-from . import layout, packs
+from . import chunking, layout, packs
 from .cas import SMALL_BLOB, BlobRow, BlobStore, StagedBlob
+from .chunks import ChunkedBytes
 from .collect import BlobCollector
 from .digests import Hasher, digest_bytes
-from .errors import DigestMismatch, IncompleteBody, InvalidInput
+from .errors import ChunksMissing, DigestMismatch, IncompleteBody, InvalidInput
+from .prefetch import Prefetched
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,7 @@ class Placement:
 
     loose: list[StagedBlob] = field(default_factory=list)
     packs: list[str] = field(default_factory=list)
+    chunk_packs: list[str] = field(default_factory=list)
 
 
 class Transaction:
@@ -104,7 +107,11 @@ class BlobWriter:
         head, ended = _read_upto(it, small_limit)
         if ended:
             return self.add_bytes(head, expected_sha256, expected_size)
-        staged = self._stage_large(_prepend(head, it), size_hint or expected_size)
+        size = size_hint or expected_size
+        if size is None or size > chunking.THRESHOLD:  # a large file (or one of unknown size): chunks
+            staged = self._stage_chunked(_prepend(head, it))
+        else:
+            staged = self._stage_large(_prepend(head, it), size)
         return self._checked(staged, expected_sha256, expected_size)
 
     def add_bytes(self, data: bytes, expected_sha256: str | None = None,
@@ -121,6 +128,65 @@ class BlobWriter:
         self.blobs.storage.put_stream(staged.staging_key, _hashed(chunks, hasher), size_hint=size_hint)
         staged.digests = hasher.result()
         return staged
+
+    def _stage_chunked(self, chunks: Iterator[bytes]) -> StagedBlob:
+        """Cut the stream into chunks while hashing the whole; write only the chunks the store
+        lacks, back to back into one chunk pack of this writer (no pack if there are none).
+
+        Nothing is staged whole: the pack is the chunks' final place, recorded (or not) by the
+        claim. A chunk the store holds ('present', with references) is skipped as it goes by.
+        """
+        c = ChunkedBytes(chunking.CHUNKER)
+        staged = StagedBlob(None, chunked=c)  # type: ignore[arg-type]
+        self.staged.append(staged)
+        hasher = Hasher()
+        with self.blobs.chunks.hints() as hints:
+            new_bytes = _new_chunks(chunking.IterReader(_hashed(chunks, hasher)), c, hints)
+            self._write_chunk_pack(c, new_bytes)
+        staged.digests = hasher.result()
+        return staged
+
+    def _write_chunk_pack(self, c: ChunkedBytes, new_bytes: Iterator[bytes]) -> None:
+        """Write the new chunks as they come into this writer's chunk pack (none: no pack).
+
+        The chunks are produced (cut, hashed, looked up, read back) on a helper thread and
+        handed over through a short queue: the backend's writer pulls its input from inside
+        obstore's runtime, where no other obstore call may run, and meanwhile the next chunk
+        is being cut while the last one is written.
+        """
+        with Prefetched(new_bytes) as chunks:
+            first = next(chunks, None)
+            if first is None:
+                return
+            c.pack_key = layout.new_chunk_pack_key()
+            self._placement.chunk_packs.append(c.pack_key)  # before the write: cancel removes a half pack
+            trailer = _lazy(lambda: packs.trailer(c.index, packs.CHUNK_FORMAT))
+            self.blobs.storage.put_stream(c.pack_key, _chain(first, chunks, trailer))
+
+    def add_chunked(self, chunker: str, recipe: list[tuple[str, int]], sent: Iterator[tuple[str, bytes]], *,
+                    expected_sha256: str | None = None) -> StagedBlob:
+        """Take in a large file given as its ordered chunk list (id, size): the chunks the store
+        lacks come in ``sent`` as (id, bytes), in recipe order (a chunk each time it occurs);
+        the others are read from the store. Each sent chunk's id is derived from its bytes here,
+        and the file's SHA-256 and BLAKE3 are computed here over all of its bytes in order:
+        nothing is taken from the client's word. Chunks neither sent nor held raise
+        ChunksMissing (nothing recorded); the client sends them and repeats.
+        """
+        if chunker != chunking.CHUNKER:
+            raise InvalidInput(f"chunks cut by {chunker!r} cannot be stored here: this store uses "
+                               f"{chunking.CHUNKER!r}", chunker=chunking.CHUNKER)
+        c = ChunkedBytes(chunking.CHUNKER)
+        staged = StagedBlob(None, chunked=c)  # type: ignore[arg-type]
+        self.staged.append(staged)
+        hasher, missing = Hasher(), []
+        with self.blobs.chunks.hints() as hints, _SplitHasher(hasher) as split:
+            new_bytes = _assembled(recipe, iter(sent), c, split, hints, self.blobs.chunks, missing)
+            self._write_chunk_pack(c, new_bytes)
+        if missing:
+            raise ChunksMissing(f"{len(missing)} chunk(s) of this file are not in the store; send them and retry",
+                                missing_chunks=sorted(set(missing))[:10_000])
+        staged.digests = hasher.result()
+        return self._checked(staged, expected_sha256, None)
 
     def _checked(self, staged: StagedBlob, expected_sha256: str | None, expected_size: int | None) -> StagedBlob:
         if expected_size is not None and staged.size != expected_size:
@@ -155,7 +221,8 @@ class BlobWriter:
         """Take back everything: staging objects, and what was placed (best effort; gc finds the rest)."""
         self._done = True
         self._discard_staging()
-        BlobCollector(self.blobs).undo_place(self._placement.loose, self._placement.packs, self.actor)
+        BlobCollector(self.blobs).undo_place(self._placement.loose, self._placement.packs, self.actor,
+                                             self._placement.chunk_packs)
         self._placement = Placement()
 
     def _place_all(self) -> None:
@@ -178,7 +245,7 @@ class BlobWriter:
                     s.object_key, s.offset = pack.key, offsets[s.sha256]
                 skip |= offsets.keys()
         for s in self.staged:
-            if s.sha256 not in skip and self.blobs.place(s):
+            if s.chunked is None and s.sha256 not in skip and self.blobs.place(s):
                 self._placement.loose.append(s)
 
     def _discard_staging(self) -> None:
@@ -200,13 +267,111 @@ class BlobWriter:
                     collector.drop_unnamed_copy(staged.sha256, layout.blob_key(staged.sha256))
             for key in self._placement.packs:
                 collector.drop_unreferenced_pack(key)
+            for key in self._placement.chunk_packs:
+                collector.drop_unreferenced_pack(key)
         except Exception:  # committed already: a leftover is gc's to sweep, not the client's error
             log.warning("could not tidy after a commit", exc_info=True)
+
+
+def _new_chunks(reader: chunking.IterReader, c: ChunkedBytes, hints) -> Iterator[bytes]:
+    """Cut; record each chunk in the recipe; yield the bytes of those the store lacks (once each)."""
+    for chunk in chunking.new_cutter().cut_stream(reader):
+        cid = chunking.chunk_id(chunk.data)
+        c.recipe.append(chunking.RecipeEntry(cid, chunk.offset, chunk.length))
+        if cid in c.new or cid in c.known:
+            continue
+        if hints.held(cid):
+            c.known.add(cid)
+            continue
+        c.new[cid] = c.pack_size
+        c.index.append(packs.PackedBlob(cid, c.pack_size, chunk.length))
+        c.pack_size += chunk.length
+        yield bytes(chunk.data)  # a copy: the chunker reuses its buffer for the next chunk
+
+
+def _assembled(recipe: list[tuple[str, int]], sent: Iterator[tuple[str, bytes]], c: ChunkedBytes,
+               hasher: Hasher, hints, chunks, missing: list[str]) -> Iterator[bytes]:
+    """Walk a recipe in file order, hashing every byte: sent chunks (checked against their id)
+    as they arrive, held ones read back from the store a run at a time. Yields the bytes of
+    the sent chunks to write (once each); notes in ``missing`` those neither sent nor held."""
+    offset, run = 0, []
+    upcoming = next(sent, None)
+
+    def flush() -> None:
+        located = hints.located(sorted({cid for cid, _ in run}))
+        lost = [cid for cid, _ in run if cid not in located]
+        missing.extend(lost)
+        if not lost and not missing:  # once a chunk is missing the file cannot be hashed: only list the rest
+            for piece in chunks.read_located([(cid, located[cid]) for cid, _ in run], missing):
+                hasher.update(piece)
+        c.known.update(located)
+        run.clear()
+
+    for cid, size in recipe:
+        if upcoming is not None and upcoming[0] == cid:
+            data, upcoming = upcoming[1], next(sent, None)
+            if len(data) != size or chunking.chunk_id(data) != cid:
+                raise DigestMismatch(f"a chunk sent as {cid} ({size} bytes) has {len(data)} bytes "
+                                     f"that give {chunking.chunk_id(data)}", chunk=cid)
+            if run:
+                flush()
+            if not missing:
+                hasher.update(data)
+            if cid not in c.new:
+                c.new[cid] = c.pack_size
+                c.index.append(packs.PackedBlob(cid, c.pack_size, size))
+                c.pack_size += size
+                yield data
+        else:
+            run.append((cid, size))
+            if len(run) >= 256:
+                flush()
+        c.recipe.append(chunking.RecipeEntry(cid, offset, size))
+        offset += size
+    if run:
+        flush()
+    if upcoming is not None:
+        raise InvalidInput(f"chunk {upcoming[0]} was sent but is not where the recipe expects it")
+
+
+def _lazy(make) -> Iterator[bytes]:
+    yield from make()
+
+
+def _chain(first: bytes, *rest: Iterator[bytes]) -> Iterator[bytes]:
+    yield first
+    for it in rest:
+        yield from it
 
 
 def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
     yield first
     yield from rest
+
+
+class _SplitHasher:
+    """``update`` as in ``_hashed``: SHA-256 on a helper thread one piece behind, the rest here."""
+
+    def __init__(self, hasher: Hasher) -> None:
+        self._hasher = hasher
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="sha256")
+        self._pending = None
+
+    def update(self, piece: bytes) -> None:
+        if self._pending is not None:
+            self._pending.result()
+        self._pending = self._pool.submit(self._hasher.update_sha256, piece)
+        self._hasher.update_rest(piece)
+
+    def __enter__(self) -> "_SplitHasher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if self._pending is not None:
+                self._pending.result()
+        finally:
+            self._pool.shutdown()
 
 
 def _hashed(chunks: Iterable[bytes], hasher: Hasher) -> Iterator[bytes]:

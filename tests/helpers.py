@@ -379,21 +379,23 @@ def bearer(token: str | None) -> dict:
 
 
 class PackageChurn(threading.Thread):
-    """Create, fill, finalize and delete packages in a loop (producer "churn").
-
-    With tokens, ingestion uses ``producer_token`` and deletion ``operator_token``, as a CI
-    runner and an operator would.
-    """
+    """Packages made, finalized and deleted in a loop, sharing blobs (and, with ``big``, the
+    chunks of large files: every ``big_every``-th package holds one, a shared base plus its own
+    tail, sent alternately by PUT and by the CLI's chunked upload). With tokens, ingestion uses
+    ``producer_token`` and deletion ``operator_token``, as a CI runner and an operator would."""
 
     def __init__(self, urls: list[str], shared: list[bytes], seed: int, stop: threading.Event, errors: list,
-                 pace: threading.Semaphore | None = None, keep: int = 2, producer_token: str | None = None,
+                 pace: threading.Semaphore | None = None, keep: int = 2, big: list[bytes] | None = None,
+                 big_every: int = 4, workdir: Path | None = None, producer_token: str | None = None,
                  operator_token: str | None = None) -> None:
         super().__init__(daemon=True)
         self.urls, self.shared, self.rng = urls, shared, random.Random(seed)
         self.stop, self.errors, self.pace, self.keep = stop, errors, pace, keep
+        self.big, self.big_every, self.workdir = big or [], big_every, workdir
+        self.producer_token = producer_token
         self.producer, self.operator = bearer(producer_token), bearer(operator_token)
         self.kept: dict[str, dict[str, bytes]] = {}
-        self.done = self.deleted = self.reuploads = 0
+        self.done = self.deleted = self.reuploads = self.chunk_races = self.big_files = 0
 
     def url(self) -> str:
         return self.rng.choice(self.urls)  # several API processes: any may serve any step
@@ -432,6 +434,8 @@ class PackageChurn(threading.Thread):
             r = http.put(f"{self.url()}/v1/packages/{pkg}/files/{path}", data=files[path],
                          headers={"X-Checksum-Sha256": sha(files[path])})
             assert r.status_code == 201, r.text
+        if self.big and self.done % self.big_every == 0:
+            files["big/capture.bin"] = self.send_big(http, pkg)
         done = http.post(f"{self.url()}/v1/packages/{pkg}/finalize")
         assert done.status_code == 200 and done.json()["file_count"] == len(files), done.text
         self.kept[pkg] = files
@@ -443,3 +447,28 @@ class PackageChurn(threading.Thread):
             del self.kept[oldest]
             self.deleted += 1
         self.done += 1
+
+    def send_big(self, http: requests.Session, pkg: str) -> bytes:
+        """A large file (chunked by the store): a shared base and a tail of its own. A 409 naming
+        missing chunks (gc took a chunk the upload skipped) is answered by sending again."""
+        from artifact_store.producer import chunked
+        from artifact_store.producer.client import StoreClient
+
+        data = self.rng.choice(self.big) + os.urandom(self.rng.randint(1, 300_000))
+        self.big_files += 1
+        if self.big_files % 2 and self.workdir is not None:
+            path = self.workdir / f"{self.name}.bin"
+            path.write_bytes(data)
+            client = StoreClient(self.url(), token=self.producer_token)
+            chunked.upload(client, pkg, "big/capture.bin", str(path), sha(data), False,
+                           races=self)
+            return data
+        for _ in range(10):
+            r = http.put(f"{self.url()}/v1/packages/{pkg}/files/big/capture.bin", data=data,
+                         headers={"X-Checksum-Sha256": sha(data)})
+            if r.status_code == 409 and r.json().get("missing_chunks"):
+                self.chunk_races += 1
+                continue
+            assert r.status_code == 201, r.text
+            return data
+        raise AssertionError("a large file lost its chunks to gc ten times in a row")

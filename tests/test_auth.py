@@ -105,6 +105,8 @@ CASES = [
     ("GET", "/v1/retention-classes", READ, 200, lambda s, o: ("/v1/retention-classes", {})),
     ("POST", "/v1/packages", PRODUCE_OWN_NAME, 201, lambda s, o: ("/v1/packages", {"json": {"producer": o}})),
     ("POST", "/v1/blobs/missing", PRODUCE, 200, lambda s, o: ("/v1/blobs/missing", {"json": {"digests": [sha(b"x")]}})),
+    ("POST", "/v1/chunks/missing", PRODUCE, 200,
+     lambda s, o: ("/v1/chunks/missing", {"json": {"chunks": [sha(b"x")]}})),
     ("PUT", "/v1/packages/{package_id}/files/{logical_path}", PRODUCE_OWN_PACKAGE, 201,
      lambda s, o: (f"/v1/packages/{new_package(s, o)['id']}/files/b.txt", {"data": b"b"})),
     ("POST", "/v1/packages/{package_id}/tar", PRODUCE_OWN_PACKAGE, 201,

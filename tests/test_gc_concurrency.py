@@ -25,6 +25,7 @@ from tests.helpers import LiveServer, PackageChurn, bearer, make_token
 GC_ROUNDS = 500
 PACKAGES_PER_ROUND = 4
 SHARED = [os.urandom(random.Random(i).randint(10, 4000)) for i in range(16)] + [os.urandom((1 << 20) + 7)]
+BIG = [random.Random(100 + i).randbytes(8 << 20) for i in range(3)]  # bases of large (chunked) files
 
 
 @pytest.fixture
@@ -37,7 +38,7 @@ def secured(settings):
 
 
 @pytest.mark.slow
-def test_gc_loop_beside_ingestion_and_attach(secured):
+def test_gc_loop_beside_ingestion_and_attach(secured, tmp_path):
     server, store = secured
     store.retention.set_class_days("transient", 0, actor="test")  # every package is eligible at once
     producer, operator = make_token(store, "producer", producers=["churn"]), make_token(store, "operator")
@@ -45,17 +46,20 @@ def test_gc_loop_beside_ingestion_and_attach(secured):
     assert anonymous.status_code == 401  # the race below runs with authentication enforced
     server.http.headers.update(bearer(make_token(store, "reader")))
     stop, errors, pace = threading.Event(), [], threading.Semaphore(0)
-    workers = [PackageChurn([server.url], SHARED, seed, stop, errors, pace, producer_token=producer,
-                            operator_token=operator) for seed in range(4)]
+    workers = [PackageChurn([server.url], SHARED, seed, stop, errors, pace, big=BIG, big_every=16, workdir=tmp_path,
+                            producer_token=producer, operator_token=operator) for seed in range(4)]
     for w in workers:
         w.start()
-    rounds, freed, started = 0, 0, time.monotonic()
+    rounds, freed, chunks_freed, repacked, started = 0, 0, 0, 0, time.monotonic()
     try:
         while rounds < GC_ROUNDS and not errors:
             for _ in range(PACKAGES_PER_ROUND):
                 pace.release()
-            report = store.gc.run(actor="gc-loop", orphan_grace=timedelta(0))
+            report = store.gc.run(actor="gc-loop", orphan_grace=timedelta(0), repack_min_age=timedelta(0),
+                                  repack_grace=timedelta(0))  # packs repacked and retired packs deleted at once
             freed += report.blobs_removed + report.orphans_removed
+            repacked += report.packs_repacked
+            chunks_freed += report.chunks_removed
             rounds += 1
     finally:
         stop.set()
@@ -65,9 +69,11 @@ def test_gc_loop_beside_ingestion_and_attach(secured):
     packages = sum(w.done for w in workers)
     print(f"\ngc rounds {rounds}, blobs freed {freed}, packages {packages} "
           f"(deleted {sum(w.deleted for w in workers)}), attach races re-uploaded "
-          f"{sum(w.reuploads for w in workers)}, {time.monotonic() - started:.1f}s")
-    assert rounds >= GC_ROUNDS and packages >= 50 and freed > 0
-    store.gc.run(actor="gc-loop", orphan_grace=timedelta(0))
+          f"{sum(w.reuploads for w in workers)}, large files {sum(w.big_files for w in workers)}, chunks freed "
+          f"{chunks_freed}, chunk races re-sent {sum(w.chunk_races for w in workers)}, packs repacked {repacked}, "
+          f"{time.monotonic() - started:.1f}s")
+    assert rounds >= GC_ROUNDS and packages >= 50 and freed > 0 and chunks_freed > 0 and repacked > 0
+    store.gc.run(actor="gc-loop", orphan_grace=timedelta(0), repack_grace=timedelta(0))
     report = store.verify.run(deep=True)
     assert report.findings == [] and report.complete
     for w in workers:

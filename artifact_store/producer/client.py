@@ -143,6 +143,16 @@ class StoreClient:
         return self.request("PUT", f"/v1/packages/{package_id}/files/{quote(path, safe='/')}", body=stream,
                             headers=headers, query={"replace": "true"} if replace else None)
 
+    def missing_chunks(self, ids: list[str]) -> set[str]:
+        return set(self.request("POST", "/v1/chunks/missing", json_body={"chunks": ids})["missing"])
+
+    def upload_chunked(self, package_id: str, path: str, body, size: int, sha256: str, replace: bool) -> dict:
+        """Send a large file as its recipe and the chunks the store lacks (a tar streamed from
+        ``body``, an iterable of byte strings of ``size`` bytes in all)."""
+        headers = {"Content-Length": str(size), "X-Checksum-Sha256": sha256, "Content-Type": "application/x-tar"}
+        return self.request("POST", f"/v1/packages/{package_id}/chunked/{quote(path, safe='/')}", body=body,
+                            headers=headers, query={"replace": "true"} if replace else None)
+
     def finalize(self, package_id: str) -> dict:
         return self.request("POST", f"/v1/packages/{package_id}/finalize")
 

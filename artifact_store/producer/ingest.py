@@ -14,7 +14,8 @@ the same package when started again:
    reference (1,000 a request, one transaction each);
 5. upload each missing digest once: small files as tar batches (one request
    and one transaction per batch, built here while earlier batches travel),
-   large ones streamed with PUT, ``jobs`` at a time; every body carries its
+   large ones as their chunks (chunked.py: cut here, only the chunks the store
+   lacks are sent) or, up to chunking.THRESHOLD, streamed with PUT, ``jobs`` at a time; every body carries its
    SHA-256 so the server proves what it received, and every file's digest
    the server computed is compared with ours (a file that changed while we
    read it is an error, not a silent mix); files that repeat an uploaded
@@ -32,8 +33,10 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from casstore import chunking
 from casstore.tarstream import tar_of
 
+from . import chunked
 from .client import StoreClient
 from .hashcache import HashCache
 from .rundir import LocalFile, RunDir, RunDirError
@@ -111,6 +114,7 @@ class Ingestor:
         self.new_bytes = 0
         self._package_id = ""
         self._kept: dict[str, bytes] = {}  # path -> the very bytes hashed (so also the bytes sent)
+        self._recipes: dict[str, list] = {}  # path -> the chunks of a large file, cut while hashing it
 
     # 1 ------------------------------------------------------------------------
     def hash_all(self) -> dict[str, str]:
@@ -120,6 +124,9 @@ class Ingestor:
         with self.progress.bar("hashing", sum(f.size for f in todo)) as bar:
             def one(f: LocalFile) -> tuple[LocalFile, str]:
                 try:
+                    if f.size > chunking.THRESHOLD:  # one read: the digest and the chunks it may need to send
+                        digest, self._recipes[f.path] = chunked.sha256_and_recipe(f.abspath, bar.update)
+                        return f, digest
                     return f, sha256_file(f.abspath, bar.update)
                 except OSError as exc:
                     raise RunDirError(f"cannot read {f.path}: {exc.strerror or exc}") from exc
@@ -238,6 +245,7 @@ class Ingestor:
         jobs = [("tar", b) for flag in (False, True)
                 for b in _tar_batches([f for f in small if (f.path in replace) == flag])]
         jobs += [("put", [f]) for f in sorted(large, key=lambda f: -f.size)]
+        saved: list[int] = []  # bytes of large files not sent: chunks the store held
         with self.progress.bar("uploading", sum(f.size for f in files)) as bar:
             def send_tar(batch: list[LocalFile], body: bytes) -> None:
                 answer = self.client.upload_tar(package_id, body, batch[0].path in replace)
@@ -245,10 +253,15 @@ class Ingestor:
                 bar.update(sum(f.size for f in batch))
 
             def send_file(f: LocalFile) -> None:
-                with open(f.abspath, "rb") as stream:
-                    # X-Checksum-Sha256 goes with it: a file that changed is refused (422)
-                    self.client.upload_file(package_id, f.path, stream, f.size, digests[f.path], None,
-                                            f.path in replace)
+                # X-Checksum-Sha256 goes with it: a file that changed is refused (422)
+                if f.size > chunking.THRESHOLD:  # only the chunks the store lacks (chunked.py)
+                    _entry, sent = chunked.upload(self.client, package_id, f.path, f.abspath, digests[f.path],
+                                                  f.path in replace, recipe=self._recipes.pop(f.path, None))
+                    saved.append(f.size - sent)
+                else:
+                    with open(f.abspath, "rb") as stream:
+                        self.client.upload_file(package_id, f.path, stream, f.size, digests[f.path], None,
+                                                f.path in replace)
                 bar.update(f.size)
 
             with ThreadPoolExecutor(self.jobs) as pool:
@@ -263,7 +276,7 @@ class Ingestor:
                 while pending:
                     pending.popleft().result()
         self._kept.clear()
-        self.new_bytes += sum(f.size for f in files)
+        self.new_bytes += sum(f.size for f in files) - sum(saved)
 
     # all ----------------------------------------------------------------------
     def ingest(self) -> dict:

@@ -3,7 +3,8 @@
 A package is eligible at a time T when it is not deleted, its expiry is at
 or before T, and it holds no active hold. For each eligible package the
 report gives ``reclaimable_bytes`` - the bytes of its blobs whose every live
-reference is in eligible packages - and ``shared_bytes`` - the bytes of its
+reference is in eligible packages (for a chunked file: only its chunks that no
+other file holds, the bytes its deletion really frees) - and ``shared_bytes`` - the bytes of its
 blobs that a package which is not eligible still holds. Totals count every
 blob once. Manifests are kept with tombstones, so they are never counted.
 """
@@ -21,7 +22,7 @@ from .. import auditlog as audit
 from ..cas import BlobStore
 from ..db import Database
 from ..errors import Gone, InvalidInput, RetentionConflict
-from ..models import Blob, FileEntry, Hold, Package, PackageStatus, RetentionEvent, utcnow
+from ..models import Blob, BlobChunk, Chunk, FileEntry, Hold, Package, PackageStatus, RetentionEvent, utcnow
 from ..times import iso
 from .lookup import load_package
 from .retention import active_holds, why_not_eligible
@@ -71,7 +72,7 @@ class EligibilityService:
         as_of = as_of or utcnow()
         report = EligibilityReport(as_of)
         eligible_refs: Counter[str] = Counter()
-        size, refcount, refs = {}, {}, set()
+        size, refcount, refs, chunked = {}, {}, set(), set()
         with self.db.read() as session:
             packages = list(session.scalars(eligible(as_of).order_by(Package.expires_at, Package.id)))
             # Explicit id lists (not a subquery): the planner then walks the (package_id, path)
@@ -79,27 +80,55 @@ class EligibilityService:
             ids = [p.id for p in packages]
             for i in range(0, len(ids), 500):
                 chunk = ids[i:i + 500]
-                for sha, n, count, refs_here in session.execute(
-                        select(FileEntry.blob_sha256, Blob.size, Blob.refcount, func.count())
+                for sha, n, count, chunker, refs_here in session.execute(
+                        select(FileEntry.blob_sha256, Blob.size, Blob.refcount, Blob.chunker, func.count())
                         .join(Blob, Blob.sha256 == FileEntry.blob_sha256)
                         .where(FileEntry.package_id.in_(chunk))
-                        .group_by(FileEntry.blob_sha256, Blob.size, Blob.refcount)):
+                        .group_by(FileEntry.blob_sha256, Blob.size, Blob.refcount, Blob.chunker)):
                     size[sha], refcount[sha] = n, count
                     eligible_refs[sha] += refs_here
+                    if chunker is not None:
+                        chunked.add(sha)
                 refs.update(session.execute(select(FileEntry.package_id, FileEntry.blob_sha256)
                                             .where(FileEntry.package_id.in_(chunk)).distinct()).all())
+            blocked = {sha for sha in size if refcount[sha] > eligible_refs[sha]}
+            freed, chunk_bytes = self._chunk_bytes(session, sorted(chunked - blocked))
         if not packages:
             return report
-        blocked = {sha for sha in size if refcount[sha] > eligible_refs[sha]}
         reclaim, shared = Counter(), Counter()
         for package_id, sha in refs:
-            (shared if sha in blocked else reclaim)[package_id] += size[sha]
+            if sha in blocked:
+                shared[package_id] += size[sha]
+            else:
+                reclaim[package_id] += freed.get(sha, 0) if sha in chunked else size[sha]
         for p in packages:
             report.packages.append(EligiblePackage(p.id, p.run_id, p.producer, p.retention_class, p.expires_at,
                                                    p.total_bytes, reclaim[p.id], shared[p.id]))
-        report.reclaimable_bytes = sum(n for sha, n in size.items() if sha not in blocked)
+        report.reclaimable_bytes = chunk_bytes + sum(n for sha, n in size.items()
+                                                     if sha not in blocked and sha not in chunked)
         report.shared_bytes = sum(size[sha] for sha in blocked)
         return report
+
+    @staticmethod
+    def _chunk_bytes(session: Session, blobs: list[str]) -> tuple[dict[str, int], int]:
+        """For chunked files that deletion would free: the bytes of each one's chunks that no
+        other file holds (a chunk is freed when every recipe row naming it is of these files),
+        and those chunks' bytes counted once."""
+        held_here: Counter[str] = Counter()
+        recipe: dict[str, set[str]] = {}
+        chunk_size, chunk_refs = {}, {}
+        for i in range(0, len(blobs), 500):
+            for sha, cid, n, csize, crefs in session.execute(
+                    select(BlobChunk.blob_sha256, BlobChunk.chunk_id, func.count(), Chunk.size, Chunk.refcount)
+                    .join(Chunk, Chunk.id == BlobChunk.chunk_id)
+                    .where(BlobChunk.blob_sha256.in_(blobs[i:i + 500]))
+                    .group_by(BlobChunk.blob_sha256, BlobChunk.chunk_id, Chunk.size, Chunk.refcount)):
+                held_here[cid] += n
+                recipe.setdefault(sha, set()).add(cid)
+                chunk_size[cid], chunk_refs[cid] = csize, crefs
+        gone = {cid for cid, n in held_here.items() if chunk_refs[cid] <= n}
+        per_blob = {sha: sum(chunk_size[c] for c in cids if c in gone) for sha, cids in recipe.items()}
+        return per_blob, sum(chunk_size[c] for c in gone)
 
     def delete(self, package_id: str, *, actor: str, reason: str) -> Package:
         """Delete an eligible package: it becomes a tombstone, its entries stop holding blobs.

@@ -14,6 +14,7 @@ unless ``replace``).
 
 from __future__ import annotations
 
+import json
 import mimetypes
 import re
 from collections import Counter
@@ -26,6 +27,7 @@ from sqlalchemy import bindparam, select, update
 from sqlmodel import Session
 
 from .. import auditlog as audit
+from .. import chunking
 from ..cas import SMALL_BLOB, BlobStore, Location
 from ..db import Database
 from ..digests import HashingReader, parse_sha256
@@ -168,6 +170,40 @@ class FileService:
             entries, _ = self._record(writer, package_id, entries, replace, "package.files_uploaded")
         return entries
 
+    def put_chunked(self, package_id: str, path: str, stream: IO[bytes], *, actor: str,
+                    expected_sha256: str | None = None, replace: bool = False) -> tuple[Entry, bool]:
+        """Add a large file sent as its chunk list plus only the chunks the store lacks.
+
+        The body is an uncompressed tar: first ``recipe.json`` ({"chunker", "chunks": [[id,
+        size], ...], "media_type"?}), then one member per chunk the store lacks, named by
+        its id, in recipe order, each time it occurs. The writer derives each sent chunk's
+        id from its bytes, reads the others back, and computes the file's SHA-256 and
+        BLAKE3 itself; chunks neither sent nor held answer ChunksMissing (409, listed).
+        """
+        validate_path(path)
+        self.check_writable(package_id, {path: expected_sha256}, replace)
+        tar = TarReader(stream)
+        members = iter(tar)
+        chunker, recipe, media = _read_recipe(tar, next(members, None), path)
+
+        def sent() -> Iterator[tuple[str, bytes]]:
+            for member in members:
+                if member.is_dir or member.size > chunking.MAX_SIZE or member.size == 0:
+                    raise InvalidInput(f"tar member {member.name[:80]!r} is not a chunk")
+                yield member.name, tar.read_small()
+            tar.finish()
+
+        with BlobWriter(self.blobs, actor) as writer:
+            staged = writer.add_chunked(chunker, recipe, sent(), expected_sha256=expected_sha256)
+            entry = Entry(path, staged.sha256, staged.size, media)
+            [entry], changed = self._record(writer, package_id, [entry], replace, "package.file_uploaded")
+        return entry, changed
+
+    def missing_chunks(self, ids: list[str]) -> list[str]:
+        """Which of these chunk ids the store lacks (asked of the database, fresh)."""
+        with self.db.read() as session:
+            return self.blobs.chunks.missing(session, [parse_sha256(i) for i in ids])
+
     def attach(self, package_id: str, items: list[dict], *, actor: str,
                replace: bool = False) -> tuple[list[Entry], list[str]]:
         """Add entries for blobs the store already holds; returns (attached, missing digests)."""
@@ -264,7 +300,7 @@ class FileService:
             if package.status == PackageStatus.DELETED:
                 raise Gone(f"package {package_id} was deleted", package_id=package_id)
             found = session.execute(select(*ENTRY_COLUMNS, Blob.blake3, StorageLocation.object_key,
-                                           StorageLocation.offset, StorageLocation.length)
+                                           StorageLocation.offset, StorageLocation.length, Blob.chunker)
                                     .join(Blob, Blob.sha256 == FileEntry.blob_sha256)
                                     .outerjoin(StorageLocation, StorageLocation.blob_sha256 == FileEntry.blob_sha256)
                                     .where(FileEntry.package_id == package_id, FileEntry.path == path)).first()
@@ -274,9 +310,13 @@ class FileService:
         start, end = _resolve_range(byte_range, entry.size)
         chunks: Iterator[bytes] = iter(())
         if body and end > start:
-            if found.object_key is None:
+            if found.chunker is not None:  # a chunked file: read through its recipe (only the chunks in range)
+                where = Location.of_recipe(entry.sha256, entry.size)
+            elif found.object_key is None:
                 raise ObjectMissing(f"no location recorded for sha256:{entry.sha256}")
-            chunks = self.blobs.read(Location(*found[6:9]), start, end)
+            else:
+                where = Location(*found[6:9])
+            chunks = self.blobs.read(where, start, end)
         return Download(entry, blake3, start, end, chunks)
 
 
@@ -345,6 +385,27 @@ def _resolve_range(byte_range: tuple[int, int | None] | None, size: int) -> tupl
     if start >= size:
         raise RangeNotSatisfiable(f"range starts at byte {start} but the file has {size} bytes", size=size)
     return start, size if stop is None else min(stop, size)
+
+
+MAX_RECIPE = 16 << 20  # about 200,000 chunks: a file of some 250 GB
+
+
+def _read_recipe(tar: TarReader, member, path: str) -> tuple[str, list[tuple[str, int]], str]:
+    """The recipe member that opens a chunked upload, checked: (chunker, [(id, size)], media type)."""
+    if member is None or member.name != "recipe.json" or member.is_dir:
+        raise InvalidInput("a chunked upload starts with its recipe.json member")
+    if member.size > MAX_RECIPE:
+        raise InvalidInput(f"recipe.json is larger than {MAX_RECIPE} bytes")
+    try:
+        doc = json.loads(tar.read_small())
+        chunker, listed = doc["chunker"], doc["chunks"]
+        recipe = [(parse_sha256(cid), size) for cid, size in listed]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidInput(f"recipe.json is not a recipe: {exc}"[:300]) from exc
+    if not isinstance(chunker, str) or not recipe \
+            or any(type(n) is not int or not 0 < n <= chunking.MAX_SIZE for _, n in recipe):
+        raise InvalidInput(f"a recipe lists 1 or more chunks of 1 to {chunking.MAX_SIZE} bytes, by its chunker")
+    return chunker, recipe, media_type_or_guess(doc.get("media_type"), path)
 
 
 def _tar_member_path(name: str) -> str:

@@ -9,7 +9,8 @@ Checks (each failure is one Finding):
 * manifest: a finalized package whose manifest blob is absent or hashes to something else;
 * orphan-object: an object under blobs/ or packs/ that no location names (reported; gc
   removes it after its grace period); a pack younger than cas.PACK_SWEEP_AGE is listed as
-  pack-active instead: an upload may be about to record it;
+  pack-active instead: an upload may be about to record it; a pack that repacking emptied,
+  as pack-retired-active (gc deletes it after its grace: reads in flight);
 * staging-object: a staging object older than an hour: an upload that died
   (``repair_staging`` removes them); younger ones are listed as staging-active,
   which is not a discrepancy;
@@ -18,7 +19,10 @@ Checks (each failure is one Finding):
   younger ones are upload-active;
 * corrupt (deep only): a blob's bytes no longer hash to its SHA-256;
 * pack-index (deep only): a pack's own index (packs.py) does not list a blob where the
-  database says it is - the index is how a pack is read without the database.
+  database says it is - the index is how a pack is read without the database;
+* chunked files: recipe, chunk-missing, chunk-size, chunk-refcount, chunk-corrupt and
+  chunk-pack-index (verify_chunks.py); a chunked file's SHA-256 is re-hashed through its
+  recipe in the deep scrub like any blob's.
 
 The deep scrub re-hashes blobs oldest-verified first and records each blob's
 ``verified_at``; with a time budget it stops in time, and the next run goes on
@@ -40,8 +44,9 @@ from .. import layout, packs
 from ..cas import PACK_SWEEP_AGE, BlobStore, Location
 from ..db import Database
 from ..errors import ObjectMissing, StorageError
-from ..models import Blob, BlobState, FileEntry, Package, PackageStatus, StorageLocation, utcnow
+from ..models import Blob, BlobState, FileEntry, Package, PackageStatus, RetiredPack, StorageLocation, utcnow
 from ..storage import Storage
+from .verify_chunks import ChunkVerifier
 
 STAGING_GRACE = timedelta(hours=1)
 
@@ -81,6 +86,7 @@ class BlobAt:
     key: str | None
     offset: int | None
     length: int | None
+    chunker: str | None = None
 
 
 class VerifyService:
@@ -88,18 +94,22 @@ class VerifyService:
         self.db = db
         self.storage = storage
         self.blobs = blobs
+        self.chunks = ChunkVerifier(db, storage, blobs.chunks, Finding)
 
     def run(self, *, deep: bool = False, max_duration: float | None = None) -> Report:
         report = Report()
         rows = self._blob_rows()
         report.blobs_checked = len(rows)
         self._check_objects(rows, report)
+        self.chunks.check(report)
         self._check_refcounts(report)
         self._check_manifests(report)
         self._check_unknown_objects(rows, report)
         if deep:
             self._check_pack_indexes(rows, report)
-            self._scrub(report, max_duration)
+            deadline = None if max_duration is None else time.monotonic() + max_duration
+            report.complete = self.chunks.scrub(report, deadline)
+            self._scrub(report, deadline)
         return report
 
     def _check_pack_indexes(self, rows: dict[str, BlobAt], report: Report) -> None:
@@ -124,15 +134,15 @@ class VerifyService:
         with self.db.read() as session:
             return {row.sha256: BlobAt(*row) for row in session.execute(
                 select(Blob.sha256, Blob.size, Blob.state, StorageLocation.object_key,
-                       StorageLocation.offset, StorageLocation.length)
+                       StorageLocation.offset, StorageLocation.length, Blob.chunker)
                 .outerjoin(StorageLocation, StorageLocation.blob_sha256 == Blob.sha256))}
 
     def _check_objects(self, rows: dict[str, BlobAt], report: Report) -> None:
         """One HEAD per object: a pack of a thousand blobs is looked at once."""
         seen: dict[str, int | None] = {}
         for sha, row in rows.items():
-            if row.state == BlobState.DELETING:
-                continue
+            if row.state == BlobState.DELETING or (row.chunker is not None and row.key is None):
+                continue  # a chunked file: its recipe and chunks are checked by ChunkVerifier
             if row.key is None:
                 report.findings.append(Finding("blob-missing", sha, "row exists, no location recorded"))
                 self._mark_missing(sha)
@@ -200,13 +210,17 @@ class VerifyService:
                 report.findings.append(Finding("manifest", package_id, f"manifest {digest} hashes to {actual}"))
 
     def _check_unknown_objects(self, rows: dict[str, BlobAt], report: Report) -> None:
-        named = {row.key for row in rows.values()}
+        named = {row.key for row in rows.values()} | self.chunks.object_keys()
+        with self.db.read() as session:
+            retired = set(session.scalars(select(RetiredPack.object_key)))
         recent = utcnow() - PACK_SWEEP_AGE
-        for prefix in (layout.KeyKind.BLOB, layout.KeyKind.PACK):
+        for prefix in (layout.KeyKind.BLOB, layout.KeyKind.PACK, layout.KeyKind.CHUNK_PACK):
             for info in self.storage.list(prefix):
                 if info.key not in named:
-                    made = layout.pack_key_time(info.key)
+                    made = layout.any_pack_key_time(info.key)
                     kind = "pack-active" if made is not None and made > recent else "orphan-object"
+                    if info.key in retired:  # emptied by repacking: gc deletes it after its grace
+                        kind = "pack-retired-active"
                     report.findings.append(Finding(kind, info.key, f"{info.size} bytes, no location"))
         stale_before = utcnow() - STAGING_GRACE
         for info in self.storage.list(layout.KeyKind.STAGING):
@@ -218,20 +232,21 @@ class VerifyService:
             report.findings.append(Finding(kind, stray.key, f"never completed ({stray.handle}), "
                                                             f"started {stray.started.isoformat()}"))
 
-    def _scrub(self, report: Report, max_duration: float | None) -> None:
-        deadline = None if max_duration is None else time.monotonic() + max_duration
+    def _scrub(self, report: Report, deadline: float | None) -> None:
         with self.db.read() as session:
             order = session.execute(select(Blob.sha256, Blob.size, StorageLocation.object_key,
-                                           StorageLocation.offset, StorageLocation.length)
-                                    .join(StorageLocation, StorageLocation.blob_sha256 == Blob.sha256)
+                                           StorageLocation.offset, StorageLocation.length, Blob.chunker)
+                                    .outerjoin(StorageLocation, StorageLocation.blob_sha256 == Blob.sha256)
                                     .where(Blob.state == BlobState.PRESENT)
+                                    .where((StorageLocation.object_key.is_not(None)) | (Blob.chunker.is_not(None)))
                                     .order_by(Blob.verified_at.is_not(None), Blob.verified_at, Blob.sha256)).all()
-        for n, (sha, size, *where) in enumerate(order):
+        for n, (sha, size, key, offset, length, chunker) in enumerate(order):
             if deadline is not None and n > 0 and time.monotonic() >= deadline:  # at least one per run
                 report.complete = False
                 return
+            where = Location(key, offset, length) if key is not None else Location.of_recipe(sha, size)
             try:
-                actual = _sha256_of(self.blobs.read(Location(*where)))
+                actual = _sha256_of(self.blobs.read(where))
             except StorageError:
                 continue  # already reported as blob-missing
             report.blobs_rehashed += 1

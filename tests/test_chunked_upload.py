@@ -1,0 +1,147 @@
+"""The producer's chunked path: ask which chunks are missing, send only those, the server assembles."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import blake3
+from sqlalchemy import text
+
+from artifact_store.producer import chunked
+from artifact_store.producer.client import ApiError, StoreClient
+from casstore import chunking, layout
+from tests.helpers import ROOT, assert_problem, sha
+
+MIB = 1 << 20
+
+
+def write(path: Path, data: bytes) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return str(path)
+
+
+def chunk_pack_bytes(store) -> int:
+    return sum(i.size for i in store.storage.list(layout.KeyKind.CHUNK_PACK))
+
+
+def test_only_missing_chunks_travel_and_the_server_hashes_the_file(server, store, tmp_path):
+    client = StoreClient(server.url)
+    first = random.Random(1).randbytes(30 * MIB)
+    second = os.urandom(3 * MIB) + first[3 * MIB:]
+    pkg = server.create()["id"]
+    entry, sent = chunked.upload(client, pkg, "a.bin", write(tmp_path / "a.bin", first), sha(first), False)
+    assert entry["sha256"] == sha(first) and sent == len(first)
+    packed = chunk_pack_bytes(store)
+    entry, sent = chunked.upload(client, pkg, "b.bin", write(tmp_path / "b.bin", second), sha(second), False)
+    assert entry["sha256"] == sha(second) and 3 * MIB <= sent < 3 * MIB + 2 * chunking.MAX_SIZE
+    assert chunk_pack_bytes(store) - packed < sent + 64 * 1024
+    assert server.get(pkg, "b.bin").content == second
+    files = server.http.post(f"{server.url}/v1/packages/{pkg}/finalize")
+    manifest = server.http.get(f"{server.url}/v1/packages/{pkg}/manifest").json()["files"]
+    assert {f["path"]: (f["sha256"], f["blake3"]) for f in manifest} == {
+        "a.bin": (sha(first), blake3.blake3(first).hexdigest()),
+        "b.bin": (sha(second), blake3.blake3(second).hexdigest())}
+    assert files.status_code == 200
+    assert store.verify.run(deep=True).findings == []
+
+
+def test_server_refuses_a_chunk_whose_bytes_do_not_give_its_id(server, store, tmp_path):
+    data = random.Random(2).randbytes(9 * MIB)
+    path = write(tmp_path / "f.bin", data)
+    recipe = chunked.recipe_of(path)
+    wrong = b"x" * recipe[0].size
+    doc = json.dumps({"chunker": chunking.CHUNKER, "chunks": [[e.chunk_id, e.size] for e in recipe]}).encode()
+    from casstore.tarstream import tar_of
+    body = tar_of([("recipe.json", doc), (recipe[0].chunk_id, wrong)])
+    pkg = server.create()["id"]
+    before = sorted(i.key for i in store.storage.list(""))
+    r = server.http.post(f"{server.url}/v1/packages/{pkg}/chunked/f.bin", data=body)
+    assert_problem(r, 422)
+    assert sorted(i.key for i in store.storage.list("")) == before
+    with store.db.engine.connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM chunk")).scalar() == 0
+
+
+def test_chunks_neither_sent_nor_held_are_listed(server, store, tmp_path):
+    data = random.Random(3).randbytes(12 * MIB)
+    path = write(tmp_path / "f.bin", data)
+    recipe = chunked.recipe_of(path)
+    client = StoreClient(server.url)
+    pkg = server.create()["id"]
+    size, body = chunked.body_of(path, recipe, {recipe[0].chunk_id}, None)
+    try:
+        client.upload_chunked(pkg, "f.bin", body, size, sha(data), False)
+        raise AssertionError("accepted a file with missing chunks")
+    except ApiError as exc:
+        assert exc.status == 409
+        assert set(exc.problem["missing_chunks"]) == {e.chunk_id for e in recipe[1:]}
+    assert store.verify.run().findings == []
+    entry, _ = chunked.upload(client, pkg, "f.bin", path, sha(data), False)
+    assert entry["sha256"] == sha(data)
+    # a wrong announced digest: 422, nothing recorded
+    other = server.create()["id"]
+    size, body = chunked.body_of(path, recipe, set(), None)
+    try:
+        client.upload_chunked(other, "f.bin", body, size, "0" * 64, False)
+        raise AssertionError("accepted a file that hashes to another digest")
+    except ApiError as exc:
+        assert exc.status == 422
+    assert server.http.get(f"{server.url}/v1/packages/{other}/files").json()["items"] == []
+
+
+def test_missing_chunks_endpoint(server, tmp_path):
+    data = random.Random(4).randbytes(10 * MIB)
+    recipe = chunked.recipe_of(write(tmp_path / "f.bin", data))
+    ids = [e.chunk_id for e in recipe]
+    r = server.http.post(f"{server.url}/v1/chunks/missing", json={"chunks": ids})
+    assert r.status_code == 200 and sorted(r.json()["missing"]) == sorted(set(ids))
+    assert r.json()["chunker"] == chunking.CHUNKER
+    pkg = server.create()["id"]
+    assert server.put(pkg, "f.bin", data).status_code == 201
+    assert server.http.post(f"{server.url}/v1/chunks/missing", json={"chunks": ids}).json()["missing"] == []
+    assert_problem(server.http.post(f"{server.url}/v1/chunks/missing", json={"chunks": ["nothex"]}), 422)
+
+
+def test_cli_sends_only_new_chunks_of_a_changed_capture(server, store, tmp_path):
+    capture = random.Random(5).randbytes(40 * MIB)
+    runs = []
+    for i, data in enumerate([capture, os.urandom(4 * MIB) + capture[4 * MIB:]]):
+        root = tmp_path / f"run{i}"
+        (root / "raw").mkdir(parents=True)
+        (root / "run.json").write_text(json.dumps({"schema": "guide-board.run/v1", "run_id": f"r{i}"}))
+        (root / "raw" / "capture.bin").write_bytes(data)
+        (root / "raw" / "log.txt").write_bytes(b"log %d" % i)
+        runs.append((root, data))
+    env = {**os.environ, "ARTIFACT_STORE_URL": server.url, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    results = []
+    for root, _ in runs:
+        proc = subprocess.run([sys.executable, "-m", "artifact_store.cli", "ingest", str(root), "--quiet"], env=env,
+                              capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        results.append(json.loads(proc.stdout))
+    assert results[0]["new_bytes"] >= 40 * MIB
+    assert 4 * MIB <= results[1]["new_bytes"] < 4 * MIB + 2 * chunking.MAX_SIZE + 100
+    for (root, data), result in zip(runs, results):
+        got = server.get(result["package_id"], "raw/capture.bin").content
+        assert hashlib.sha256(got).hexdigest() == sha(data)
+    assert store.verify.run(deep=True).findings == []
+
+
+def test_chunks_cut_by_another_chunker_are_refused(server, store):
+    from casstore.tarstream import tar_of
+
+    doc = json.dumps({"chunker": "fastcdc2020-min65536-avg262144-max1048576-nc1-seed0-b3dk1",
+                      "chunks": [["a" * 64, 1000]]}).encode()
+    pkg = server.create()["id"]
+    body = assert_problem(server.http.post(f"{server.url}/v1/packages/{pkg}/chunked/f.bin",
+                                           data=tar_of([("recipe.json", doc)])), 422)
+    assert body["chunker"] == chunking.CHUNKER
+    with store.db.engine.connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM blob")).scalar() == 0

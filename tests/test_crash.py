@@ -88,7 +88,8 @@ def test_kill_during_uploads_then_restart_and_verify(tmp_path, database_url):
     env = {"ARTIFACT_STORE_DATA_DIR": str(tmp_path / "data"), "ARTIFACT_STORE_DATABASE_URL": database_url,
            "ARTIFACT_STORE_AUTH": "on"}
     setup = Store(Settings.from_env(env))
-    producer = bearer(make_token(setup, "producer", "ci-crash", producers=["crash"]))
+    producer_token = make_token(setup, "producer", "ci-crash", producers=["crash"])
+    producer = bearer(producer_token)
     setup.close()
     server = ServerProcess(env, workers=2, log_path=str(tmp_path / "server.log")).start()
     http = requests.Session()
@@ -134,7 +135,7 @@ def test_kill_during_uploads_then_restart_and_verify(tmp_path, database_url):
         events.append(started)
         threads.append(threading.Thread(target=put_streaming, args=(
             f"{server.url}/v1/packages/{pending}/chunked/capture.bin", slow_chunked(str(capture_path), started),
-            "POST")))
+            "POST", producer)))
         threads[-1].start()
         for started in events:
             assert started.wait(20)
@@ -171,7 +172,8 @@ def test_kill_during_uploads_then_restart_and_verify(tmp_path, database_url):
             assert http.put(f"{server.url}/v1/packages/{pending}/files/big{k}.bin", data=body).status_code == 201
         batch = small_files("pending")
         assert http.post(f"{server.url}/v1/packages/{pending}/tar", data=tar_of(sorted(batch.items()))).ok
-        entry, _ = chunked.upload(StoreClient(server.url), pending, "capture.bin", str(capture_path),
+        client = StoreClient(server.url, token=producer_token)
+        entry, _ = chunked.upload(client, pending, "capture.bin", str(capture_path),
                                   hashlib.sha256(pending_capture).hexdigest(), False)
         assert http.post(f"{server.url}/v1/packages/{pending}/finalize").json()["file_count"] == 6 + len(batch)
         assert http.get(f"{server.url}/v1/packages/{pending}/files/capture.bin").content == pending_capture

@@ -13,15 +13,19 @@ from casstore.config import Settings
 from casstore.store import Store
 
 from . import (
+    archive,
     audit,
     auth,
+    blob_lookup,
     blobs,
     chunks,
+    docs_assets,
     eligibility,
     files,
     health,
     metrics,
     packages,
+    pages,
     problems,
     retention,
     retention_classes,
@@ -49,9 +53,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
-        OPENAPI_REDOC_PATH="redoc",
-        OPENAPI_REDOC_URL="https://cdn.jsdelivr.net/npm/redoc/bundles/redoc.standalone.js",
+        OPENAPI_SWAGGER_UI_URL=docs_assets.url(settings),  # served by this app: /docs works offline
         MAX_FORM_MEMORY_SIZE=1 << 20,
     )
     app.json.sort_keys = False  # producer metadata comes back in the order it was given
@@ -62,9 +64,11 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     api = problems.ProblemApi(app, spec_kwargs={"info": {"description": DESCRIPTION}})
     problems.register(app)
     auth.install(app, api, access)
-    for module in (packages, files, retention, blobs, chunks, eligibility, audit, retention_classes, health, metrics,
-                   tokens):
+    for module in (packages, files, archive, retention, blobs, blob_lookup, chunks, eligibility, audit,
+                   retention_classes, health, metrics, tokens):
         api.register_blueprint(module.blp)
+    pages.register(app)
+    docs_assets.register(app)
     app.wsgi_app = Observe(app.wsgi_app)
     return app
 

@@ -58,6 +58,7 @@ POLICY: dict[tuple[str, str], Need] = {
     ("GET", "/docs"): Need.PUBLIC,
     ("GET", "/redoc"): Need.PUBLIC,
     ("GET", "/static/{filename}"): Need.PUBLIC,
+    ("GET", "/docs/assets/{filename}"): Need.PUBLIC,
     ("GET", "/metrics"): Need.SCRAPE,
     # packages, manifests, files: what a Statehub link points at
     ("GET", "/v1/packages"): Need.ANONYMOUS_READ,
@@ -65,6 +66,8 @@ POLICY: dict[tuple[str, str], Need] = {
     ("GET", "/v1/packages/{package_id}/manifest"): Need.ANONYMOUS_READ,
     ("GET", "/v1/packages/{package_id}/files"): Need.ANONYMOUS_READ,
     ("GET", "/v1/packages/{package_id}/files/{logical_path}"): Need.ANONYMOUS_READ,
+    ("GET", "/v1/packages/{package_id}/archive"): Need.ANONYMOUS_READ,
+    ("GET", "/"): Need.ANONYMOUS_READ,  # the HTML list of packages
     # the rest of what can be read: readers (tokens) only
     ("GET", "/v1/packages/{package_id}/retention"): Need.READ,
     ("GET", "/v1/packages/{package_id}/holds"): Need.READ,
@@ -72,6 +75,7 @@ POLICY: dict[tuple[str, str], Need] = {
     ("GET", "/v1/audit"): Need.READ,
     ("GET", "/v1/eligibility"): Need.READ,
     ("GET", "/v1/retention-classes"): Need.READ,
+    ("GET", "/v1/blobs/{sha256}"): Need.READ,  # which packages hold these bytes: not for anonymous clients
     # ingestion
     ("POST", "/v1/packages"): Need.PRODUCE_OWN_NAME,
     ("POST", "/v1/blobs/missing"): Need.PRODUCE,

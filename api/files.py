@@ -7,6 +7,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import RAISE
 
+from casstore import media
 from casstore.body import RequestBody
 from casstore.digests import content_digest_header, parse_content_digest, parse_sha256
 from casstore.errors import InvalidDigest
@@ -140,6 +141,9 @@ def file_response(download, partial: bool) -> Response:
         "X-Checksum-Sha256": entry.sha256,
         "X-Checksum-Blake3": download.blake3,
         "Content-Length": str(download.end - download.start),
+        # Stored evidence (an HTML report, an SVG) is shown, never run with the store's origin.
+        "Content-Security-Policy": "sandbox",
+        "X-Content-Type-Options": "nosniff",
     }
     if request.headers.get("If-None-Match") in (etag, "*"):
         headers.pop("Content-Length")
@@ -148,5 +152,5 @@ def file_response(download, partial: bool) -> Response:
     if partial:
         status = 206
         headers["Content-Range"] = f"bytes {download.start}-{download.end - 1}/{entry.size}"
-    return Response(download.chunks, status=status, headers=headers, content_type=entry.media_type,
+    return Response(download.chunks, status=status, headers=headers, content_type=media.for_response(entry.media_type),
                     direct_passthrough=True)

@@ -7,7 +7,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import EXCLUDE, RAISE
 
-from . import context
+from . import context, pages
 from .schemas import PackageCreate, PackageOut, PackagePage, PackageQuery, ReasonQuery
 
 blp = Blueprint("packages", __name__, url_prefix="/v1/packages", description="Packages: one producer run each")
@@ -32,8 +32,13 @@ class Packages(MethodView):
 @blp.route("/<string:package_id>")
 class PackageItem(MethodView):
     @blp.response(200, PackageOut)
+    @blp.doc(responses={"200": {
+        "description": "the package; a browser (Accept preferring text/html) gets its page instead",
+        "content": {"application/json": {"schema": PackageOut}, "text/html": {"schema": {"type": "string"}}}}})
     def get(self, package_id):
-        """A package's metadata, counts, retention and manifest digest."""
+        """A package's metadata, counts, retention and manifest digest (a browser gets its page)."""
+        if pages.wants_html():
+            return pages.package_page(package_id)
         return context.store().packages.get(package_id)
 
     @blp.arguments(ReasonQuery, location="query", unknown=EXCLUDE)

@@ -10,7 +10,10 @@ from datetime import timezone
 
 from marshmallow import RAISE, Schema, fields, validate
 
+from casstore.models import PackageStatus
 from casstore.paths import MAX_PATH_BYTES
+
+from . import links
 
 SHA256_HEX = validate.Regexp(r"^(sha256:)?[0-9a-fA-F]{64}$", error="not a SHA-256 digest")
 NAME = validate.Length(min=1, max=256)
@@ -53,6 +56,11 @@ class PackageOut(Schema):
     total_bytes = fields.Integer()
     manifest_digest = fields.String(allow_none=True)
     metadata = fields.Dict(attribute="producer_metadata")
+    url = fields.Function(lambda p: links.package_url(p.id),
+                          metadata={"description": "the package's URL (ARTIFACT_STORE_PUBLIC_URL based): "
+                                                   "JSON for programs, a page for browsers"})
+    archive_url = fields.Function(lambda p: links.archive_url(p.id) if p.status == PackageStatus.FINALIZED else None,
+                                  allow_none=True, metadata={"description": "the whole package as one tar"})
 
 
 class PackageQuery(Strict):

@@ -54,9 +54,10 @@ def _serve(settings: Settings, workers: int, threads: int, no_upgrade: bool) -> 
     if not no_upgrade:
         _upgrade(settings)
     _configure_logging()
+    from .dbcheck import describe as describe_backends
+
     click.echo(f"artifact-store listening on http://{settings.host}:{settings.port} "
-               f"(database {settings.database_url.split('@')[-1]}, storage {settings.storage_url}); "
-               f"{describe(access)}", err=True)
+               f"({describe_backends(settings)}); {describe(access)}", err=True)
     from .server import run
 
     run(settings, workers=workers, threads=threads)
@@ -123,9 +124,12 @@ def db() -> None:
 
 @db.command("upgrade")
 def db_upgrade() -> None:
-    """Apply every pending Alembic migration."""
-    _upgrade(Settings.from_env())
-    click.echo("database is at the newest schema", err=True)
+    """Apply every pending Alembic migration (the only command that creates a schema)."""
+    from .dbcheck import redacted_database
+
+    settings = Settings.from_env()
+    _upgrade(settings)
+    click.echo(f"database {redacted_database(settings.database_url)} is at the newest schema", err=True)
 
 
 def _upgrade(settings: Settings) -> None:
@@ -139,9 +143,19 @@ def _upgrade(settings: Settings) -> None:
 
 
 def _store():
+    """The Store an operator command acts on: named on stderr, refused (exit 2) unless migrated."""
     from casstore.store import Store
 
-    return Store(Settings.from_env())
+    from .dbcheck import NotReady, check, describe
+
+    settings = Settings.from_env()
+    try:
+        check(settings)
+    except NotReady as exc:
+        click.echo(f"error: {exc}", err=True)  # one line; nothing was created
+        raise SystemExit(2) from None
+    click.echo(f"artifact-store: {describe(settings)}", err=True)
+    return Store(settings)
 
 
 def _actor() -> str:
@@ -215,6 +229,130 @@ def retention_classes_set(name: str, days: int | None, never: bool, reason: str)
     except CasstoreError as exc:
         _fail(exc)
     click.echo(f"{cls.name}: {'never expires' if cls.days is None else f'{cls.days} days'}")
+
+
+@retention_classes.command("create")
+@click.argument("name")
+@click.option("--days", type=click.IntRange(min=0), default=None, help="Duration in days (0 allowed).")
+@click.option("--never", is_flag=True, help="Never expire.")
+@click.option("--description", default="", help="What the class is for.")
+@click.option("--reason", default="", help="Why (kept in the audit event).")
+def retention_classes_create(name: str, days: int | None, never: bool, description: str, reason: str) -> None:
+    """Add a retention class (audited as retention_class.created)."""
+    from casstore.errors import CasstoreError
+
+    if (days is None) == (not never):
+        raise click.UsageError("give exactly one of --days N or --never")
+    try:
+        cls = _store().retention.create_class(name, None if never else days, actor=_actor(), reason=reason,
+                                              description=description)
+    except CasstoreError as exc:
+        _fail(exc)
+    click.echo(f"{cls.name}: {'never expires' if cls.days is None else f'{cls.days} days'}")
+
+
+def _echo_json(value) -> None:
+    import json
+
+    from casstore.services.manifest import iso
+
+    click.echo(json.dumps(value, default=lambda v: iso(v) if hasattr(v, "strftime") else str(v)))
+
+
+def _hold_json(hold) -> dict:
+    return {"id": hold.id, "package_id": hold.package_id, "reason": hold.reason, "placed_by": hold.placed_by,
+            "placed_at": hold.placed_at, "released_at": hold.released_at, "released_by": hold.released_by,
+            "release_reason": hold.release_reason}
+
+
+@main.group()
+def hold() -> None:
+    """Place and release holds (a held package is never eligible for deletion)."""
+
+
+@hold.command("add")
+@click.argument("package_id")
+@click.option("--reason", required=True, help="Why (kept on the hold and in the events).")
+def hold_add(package_id: str, reason: str) -> None:
+    """Place a hold on a package; prints the hold as one JSON line (its id releases it)."""
+    from casstore.errors import CasstoreError
+
+    try:
+        placed = _store().retention.place_hold(package_id, actor=_actor(), reason=reason)
+    except CasstoreError as exc:
+        _fail(exc)
+    _echo_json(_hold_json(placed))
+
+
+@hold.command("release")
+@click.argument("package_id")
+@click.argument("hold_id")
+@click.option("--reason", required=True, help="Why (kept on the hold and in the events).")
+def hold_release(package_id: str, hold_id: str, reason: str) -> None:
+    """Release one hold of a package."""
+    from casstore.errors import CasstoreError
+
+    try:
+        released = _store().retention.release_hold(package_id, hold_id, actor=_actor(), reason=reason)
+    except CasstoreError as exc:
+        _fail(exc)
+    _echo_json(_hold_json(released))
+
+
+@main.group()
+def retention() -> None:
+    """Change a package's retention (extend only)."""
+
+
+@retention.command("extend")
+@click.argument("package_id")
+@click.option("--days", type=click.IntRange(1, 100 * 365), default=None, help="Add N days to the expiry.")
+@click.option("--until", default=None, help="A new, later expiry (ISO 8601).")
+@click.option("--class", "retention_class", default=None, help="Move to a class that keeps longer.")
+@click.option("--reason", required=True, help="Why (kept in the retention and audit events).")
+def retention_extend(package_id: str, days: int | None, until: str | None, retention_class: str | None,
+                     reason: str) -> None:
+    """Extend a package's retention; a change that would shorten it is refused (exit 2)."""
+    from casstore.errors import CasstoreError
+
+    if sum(v is not None for v in (days, until, retention_class)) != 1:
+        raise click.UsageError("give exactly one of --days N, --until T or --class C")
+    try:
+        status = _store().retention.extend(package_id, actor=_actor(), reason=reason, days=days,
+                                           expires_at=_when(until), retention_class=retention_class)
+    except CasstoreError as exc:
+        _fail(exc)
+    _echo_json({"package_id": status["package_id"], "retention_class": status["retention_class"],
+                "expires_at": status["expires_at"], "eligible": status["eligible"],
+                "not_eligible_because": status["not_eligible_because"]})
+
+
+@main.command()
+@click.argument("package_id")
+@click.argument("dest", type=click.Path(file_okay=False, path_type=str))
+@click.option("--url", envvar="ARTIFACT_STORE_URL", default=None,
+              help="The service (default ARTIFACT_STORE_URL, else http://ARTIFACT_STORE_HOST:ARTIFACT_STORE_PORT).")
+@click.option("--jobs", default=4, show_default=True, type=click.IntRange(1, 64), help="Parallel downloads.")
+def download(package_id: str, dest: str, url: str | None, jobs: int) -> None:
+    """Download a finalized package into DEST, every file checked against the manifest.
+
+    Files already in DEST with the right bytes are kept (run again to resume).
+    Prints one JSON line. Exit status: 0 every file verified; 1 a file or the
+    manifest did not match (each named on stderr) or the service failed;
+    2 the package cannot be downloaded (unknown, not finalized).
+    """
+    import json
+    import sys
+    from pathlib import Path
+
+    from .download import download as run_download
+
+    code, result, messages = run_download(url or Settings.from_env().base_url, package_id, Path(dest), jobs)
+    for line in messages:
+        click.echo(line, err=True)
+    if result is not None:
+        click.echo(json.dumps(result))
+    sys.exit(code)
 
 
 @main.command()

@@ -9,7 +9,9 @@ from __future__ import annotations
 from .cas import BlobStore
 from .config import Settings
 from .db import Database
+from .services.archive import ArchiveService
 from .services.audit import AuditService
+from .services.blobinfo import BlobInfoService
 from .services.eligibility import EligibilityService
 from .services.files import FileService
 from .services.gc import GcService
@@ -35,6 +37,8 @@ class Store:
         self.eligibility = EligibilityService(self.db, self.blobs)
         self.gc = GcService(self.db, self.storage, self.blobs)
         self.audit = AuditService(self.db)
+        self.archives = ArchiveService(self.db, self.blobs)
+        self.blob_info = BlobInfoService(self.db)
         self.tokens = TokenService(self.db)
         self._capabilities: dict | None = None
 

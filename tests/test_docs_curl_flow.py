@@ -72,3 +72,47 @@ def test_documented_curl_flow(flow_server, tmp_path):
         p: hashlib.sha256(d).hexdigest() for p, d in expected.items()}
     for path, data in expected.items():
         assert server.get(pkg, path).content == data
+
+
+def test_documented_curl_flow_makes_the_package_the_cli_makes(server, example_run, tmp_path):
+    """The same run ingested by the documented curl flow and by `artifact-store ingest` (each under
+    its own run id) gives packages that differ only in that id: fields, metadata, class and files."""
+    import json
+    import sys
+
+    if not shutil.which("curl") or not shutil.which("sha256sum"):
+        pytest.skip("curl and sha256sum are needed")
+    runs = {}
+    for how in ("curl", "cli"):
+        run = tmp_path / how
+        shutil.copytree(example_run, run)
+        meta = json.loads((run / "run.json").read_text())
+        meta["run_id"] = f"{meta['run_id']}-{how}"
+        (run / "run.json").write_text(json.dumps(meta, indent=2))
+        runs[how] = run
+    script = tmp_path / "flow.sh"
+    script.write_text(documented_script())
+    proc = subprocess.run(["bash", str(script)], env={**os.environ, "URL": server.url, "RUN": str(runs["curl"])},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    by_curl = proc.stdout.strip().splitlines()[-1]
+    cli = subprocess.run([sys.executable, "-m", "artifact_store.cli", "ingest", str(runs["cli"]), "--url", server.url,
+                          "--no-cache", "--quiet"], capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0, cli.stderr
+    by_cli = json.loads(cli.stdout)["package_id"]
+
+    def shape(package_id: str, how: str) -> tuple[dict, dict]:
+        package = server.http.get(f"{server.url}/v1/packages/{package_id}").json()
+        fields = {k: package[k] for k in ("status", "producer", "target_profile", "assessment_profile",
+                                          "retention_class", "file_count", "metadata")}
+        text = json.dumps(fields).replace(f"-{how}", "")
+        manifest = server.http.get(f"{server.url}/v1/packages/{package_id}/manifest").json()
+        files = {f["path"]: f if f["path"] != "run.json" else {"media_type": f["media_type"]}
+                 for f in manifest["files"]}
+        return json.loads(text), files
+
+    curl_fields, curl_files = shape(by_curl, "curl")
+    cli_fields, cli_files = shape(by_cli, "cli")
+    assert curl_fields == cli_fields
+    assert curl_fields["target_profile"] and curl_fields["metadata"]["run"]
+    assert curl_files == cli_files

@@ -158,3 +158,32 @@ class StoreClient:
 
     def manifest(self, package_id: str) -> dict:
         return self.request("GET", f"/v1/packages/{package_id}/manifest")
+
+    # reading bytes ------------------------------------------------------------
+    def stream(self, path: str, headers: dict | None = None) -> http.client.HTTPResponse:
+        """GET ``path`` and return the open response, to be read to its end by the caller.
+
+        An error answer raises ApiError (its body read), a failed connection Unreachable.
+        """
+        conn = self._conn()
+        try:
+            conn.request("GET", self._prefix + path, headers={"X-Actor": self._actor, **(headers or {})})
+            response = conn.getresponse()
+        except (OSError, http.client.HTTPException) as exc:
+            self.reset()
+            raise Unreachable(f"GET {self.base_url}{path}: {exc}") from exc
+        if response.status >= 400:
+            data = response.read()
+            try:
+                problem = json.loads(data)
+            except ValueError:
+                problem = {"title": response.reason, "detail": data[:300].decode("utf-8", "replace")}
+            raise ApiError(response.status, problem)
+        return response
+
+    def reset(self) -> None:
+        """Drop this thread's connection (after a response that was not read to its end)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+        self._local.conn = None

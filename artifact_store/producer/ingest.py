@@ -302,7 +302,7 @@ class Ingestor:
             "new_bytes": self.new_bytes,
             "retention_class": package["retention_class"],
             "expires_at": package["expires_at"],
-            "url": f"{self.client.base_url}/v1/packages/{package['id']}",
+            "url": package.get("url") or f"{self.client.base_url}/v1/packages/{package['id']}",  # the public one
             "skipped_links": len(self.run.links),
         }
 

@@ -15,7 +15,6 @@ unless ``replace``).
 from __future__ import annotations
 
 import json
-import mimetypes
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -27,7 +26,7 @@ from sqlalchemy import bindparam, select, update
 from sqlmodel import Session
 
 from .. import auditlog as audit
-from .. import chunking
+from .. import chunking, media
 from ..cas import SMALL_BLOB, BlobStore, Location
 from ..db import Database
 from ..digests import HashingReader, parse_sha256
@@ -70,8 +69,7 @@ def media_type_or_guess(value: str | None, path: str) -> str:
 
 
 def guess_media_type(path: str) -> str:
-    kind, _ = mimetypes.guess_type(path, strict=False)
-    return kind or DEFAULT_MEDIA_TYPE
+    return media.guess(path)
 
 
 @dataclass

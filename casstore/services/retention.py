@@ -16,6 +16,7 @@ Rules:
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
@@ -24,10 +25,12 @@ from ulid import ULID
 
 from .. import auditlog as audit
 from ..db import Database
-from ..errors import Gone, InvalidInput, NotFound, RetentionConflict
+from ..errors import Conflict, Gone, InvalidInput, NotFound, RetentionConflict
 from ..models import Hold, Package, PackageStatus, Producer, RetentionClass, RetentionEvent, utcnow
 from ..times import iso
 from .lookup import load_package
+
+CLASS_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
 
 def resolve_class(session: Session, producer: str, requested: str | None, store_default: str) -> RetentionClass:
@@ -106,6 +109,25 @@ class RetentionService:
             session.add(cls)
             audit.record(session, actor, "retention_class.updated", subject=name, before={"days": before},
                          after={"days": days}, reason=reason)
+            session.flush()
+            return cls
+
+    def create_class(self, name: str, days: int | None, *, actor: str, reason: str = "",
+                     description: str = "") -> RetentionClass:
+        """Add a retention class (audited as retention_class.created); Conflict if the name is taken."""
+        if not CLASS_NAME.fullmatch(name or ""):
+            raise InvalidInput("a retention class name is 1-64 of a-z, 0-9, '.', '_', '-', "
+                               "starting with a letter or digit", retention_class=name)
+        if days is not None and days < 0:
+            raise InvalidInput("days must be 0 or more (or none: never expires)")
+        with self.db.write() as session:
+            if session.get(RetentionClass, name) is not None:
+                raise Conflict(f"retention class {name!r} already exists; change it with "
+                               f"`retention-classes set`", retention_class=name)
+            cls = RetentionClass(name=name, days=days, description=description, updated_at=utcnow())
+            session.add(cls)
+            audit.record(session, actor, "retention_class.created", subject=name, after={"days": days},
+                         reason=reason)
             session.flush()
             return cls
 

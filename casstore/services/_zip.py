@@ -1,0 +1,36 @@
+"""zipstream-ng with one fixed timestamp, so the same package always zips to the same bytes.
+
+zipstream-ng (stored entries, data descriptors, zip64 where a size needs it,
+and the archive's length known before streaming) stamps each entry with the
+current local time and has no option to choose it. Its local header carries
+the time in bytes 10-13 (DOS time, DOS date) and its central directory takes
+it from the entry's ZipInfo: both are set here to the package's finalization
+time, the way reproducible-build tools pin zip timestamps.
+"""
+
+from __future__ import annotations
+
+import struct
+from datetime import datetime, timezone
+
+from zipstream import ZIP_STORED, ZipStream
+
+DOS_TIME_AT = slice(10, 14)
+
+
+class FixedTimeZip(ZipStream):
+    def __init__(self, when: datetime) -> None:
+        super().__init__(compress_type=ZIP_STORED, sized=True)
+        utc = when.astimezone(timezone.utc)
+        self._date_time = (max(utc.year, 1980), utc.month, utc.day, utc.hour, utc.minute, utc.second)
+        year, month, day, hour, minute, second = self._date_time
+        self._dos = struct.pack("<HH", hour << 11 | minute << 5 | second // 2, (year - 1980) << 9 | month << 5 | day)
+
+    def _gen_file_entry(self, **kwargs):
+        first = True
+        for chunk in super()._gen_file_entry(**kwargs):
+            if first:  # the local file header
+                chunk = chunk[:DOS_TIME_AT.start] + self._dos + chunk[DOS_TIME_AT.stop:]
+                first = False
+            yield chunk
+        self._filelist[-1].date_time = self._date_time

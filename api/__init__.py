@@ -16,6 +16,7 @@ from casstore.store import Store
 from . import (
     archive,
     audit,
+    auth,
     blob_lookup,
     blobs,
     chunks,
@@ -24,13 +25,16 @@ from . import (
     files,
     guards,
     health,
+    metrics,
     packages,
     pages,
     problems,
     retention,
     retention_classes,
     schemas,
+    tokens,
 )
+from .observe import Observe
 
 
 class AnyPathConverter(PathConverter):
@@ -41,7 +45,9 @@ class AnyPathConverter(PathConverter):
 
 
 def create_app(settings: Settings | None = None, store: Store | None = None) -> Flask:
+    """The app; raises auth.StartupRefused when the settings would serve the store open to the network."""
     settings = settings or (store.settings if store else Settings.from_env())
+    access = auth.resolve(settings)
     app = Flask("artifact-store")
     app.config.update(
         API_TITLE="artifact-store",
@@ -65,11 +71,13 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.extensions["openapi"] = api
     problems.register(app)
     guards.install(app)
+    auth.install(app, api, access)
     for module in (packages, files, archive, retention, blobs, blob_lookup, chunks, eligibility, audit,
-                   retention_classes, health):
+                   retention_classes, health, metrics, tokens):
         api.register_blueprint(module.blp)
     pages.register(app)
     docs_assets.register(app)
+    app.wsgi_app = Observe(app.wsgi_app)
     return app
 
 

@@ -16,7 +16,17 @@ def store() -> Store:
 
 
 def actor() -> str:
-    """Who is acting, as the client says in X-Actor (recorded in audit events)."""
+    """Who is acting, as recorded in audit events.
+
+    With authentication on: the name of the request's token; X-Actor cannot
+    change it (it is kept as ``details.request.note``, see api/auth.py).
+    With it off (loopback only, one user): what the client says in X-Actor.
+    """
+    from . import auth
+
+    if auth.config().required:
+        principal = auth.principal()
+        return principal.name if principal is not None else "anonymous"
     value = request.headers.get("X-Actor", "anonymous").strip() or "anonymous"
     if len(value) > MAX_ACTOR:
         raise InvalidInput(f"X-Actor must be at most {MAX_ACTOR} printable characters")

@@ -12,7 +12,7 @@ from casstore.body import RequestBody
 from casstore.digests import content_digest_header, parse_content_digest, parse_sha256
 from casstore.errors import InvalidDigest
 
-from . import context
+from . import context, metrics
 from .guards import streams_body
 from .schemas import AttachRequest, AttachResult, FileEntryOut, FilePage, FileQuery, TarResult, UploadQuery
 
@@ -63,6 +63,7 @@ class Attach(MethodView):
         """Attach blobs the store already holds, by digest; the answer names the missing ones."""
         attached, missing = context.store().files.attach(package_id, body["files"], actor=context.actor(),
                                                          replace=body["replace"])
+        metrics.deduplicated(sum(e.size for e in attached))  # attached by digest: bytes the store held
         return {"attached": attached, "missing": missing}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from . import context
+from . import auth, context
 from .problems import problem
 from .schemas import HealthOut
 
@@ -19,10 +19,12 @@ class Health(MethodView):
         """Probe the database (SELECT 1) and the backend (write, read, delete one object).
 
         503 when either is down: a problem+json whose database and storage members are the report.
+        Anonymous clients (when authentication is on) get the status only; any token, the details.
         """
         report = context.store().health.check()
+        anonymous = auth.config().required and auth.principal() is None
         if report["status"] == "ok":
-            return report
+            return {"status": report["status"]} if anonymous else report
         down = [part for part in ("database", "storage") if report[part]["status"] != "ok"]
-        return problem(503, "Service Unavailable", f"{' and '.join(down)} down",
-                       extra={"database": report["database"], "storage": report["storage"]})
+        details = {} if anonymous else {"database": report["database"], "storage": report["storage"]}
+        return problem(503, "Service Unavailable", f"{' and '.join(down)} down", extra=details)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 
-from flask import Response, request
+from flask import Response, has_request_context, request
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
@@ -28,6 +28,8 @@ STATUS = (
     (errors.InvalidInput, 422),
     (errors.Conflict, 409),
     (errors.RangeNotSatisfiable, 416),
+    (errors.Unauthenticated, 401),
+    (errors.Forbidden, 403),
     (errors.StorageError, 503),
     (errors.DatabaseFull, 507),
     (errors.DatabaseUnavailable, 503),
@@ -44,6 +46,8 @@ PUBLIC_DETAIL = (
 def problem(status: int, title: str, detail: str, headers: dict | None = None, extra: dict | None = None) -> Response:
     """An RFC 9457 answer; ``extra`` members never override the standard ones."""
     body = {**(extra or {}), "type": "about:blank", "status": status, "title": title, "detail": detail}
+    if has_request_context() and (request_id := request.environ.get("artifact_store.request_id")):
+        body["request_id"] = request_id  # the X-Request-Id of the answer, to find its access-log line
     return Response(json.dumps(body, default=str), status=status, headers=headers, mimetype=PROBLEM_JSON)
 
 
@@ -54,13 +58,13 @@ def status_of(exc: errors.CasstoreError) -> int:
     return 500
 
 
-def handle_casstore_error(exc: errors.CasstoreError) -> Response:
+def handle_casstore_error(exc: errors.CasstoreError, headers: dict | None = None) -> Response:
     status = status_of(exc)
     if status >= 500:
         log.error("%s %s: %s: %s", request.method, request.path, type(exc).__name__, exc.detail, exc_info=exc)
         detail = next((text for cls, text in PUBLIC_DETAIL if isinstance(exc, cls)), "the server failed")
         return problem(status, exc.title, detail, headers={"Retry-After": "30"} if status == 503 else None)
-    headers = {}
+    headers = dict(headers or {})
     if isinstance(exc, errors.RangeNotSatisfiable) and "size" in exc.extra:
         headers["Content-Range"] = f"bytes */{exc.extra['size']}"
     return problem(status, exc.title, exc.detail, headers=headers, extra=exc.extra)

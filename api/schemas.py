@@ -357,3 +357,33 @@ class Problem(Schema):
 
     class Meta:
         unknown = INCLUDE  # members naming what the error is about (package_id, missing, ...) come along
+
+
+# ---------------------------------------------------------------- tokens
+class TokenCreate(Strict):
+    name = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    role = fields.String(required=True, validate=validate.OneOf(["reader", "producer", "operator", "metrics"]))
+    producers = fields.List(fields.String(validate=validate.Length(min=1, max=128)), load_default=list,
+                            validate=validate.Length(max=100))
+    expires_in_days = fields.Float(validate=validate.Range(min=0, min_inclusive=False, max=100 * 365),
+                                   allow_none=True)
+
+
+class TokenOut(Schema):
+    id = fields.String()
+    name = fields.String()
+    role = fields.String()
+    producers = fields.List(fields.String())
+    created_at = Time()
+    created_by = fields.String()
+    expires_at = Time(allow_none=True)
+    revoked_at = Time(allow_none=True)
+    revoked_by = fields.String(allow_none=True)
+
+
+class TokenCreated(TokenOut):
+    token = fields.String(metadata={"description": "the secret: shown only in this answer, never stored"})
+
+
+class TokenList(Schema):
+    items = fields.List(fields.Nested(TokenOut))

@@ -31,19 +31,65 @@ def main() -> None:
 @click.option("--no-upgrade", is_flag=True, help="Do not run database migrations before starting.")
 def serve(host: str | None, port: int | None, workers: int, threads: int, header_timeout: float,
           io_timeout: float, keepalive: int, max_connections: int, no_upgrade: bool) -> None:
-    """Run the HTTP API under gunicorn (migrating the database first)."""
-    from .server import run
+    """Run the HTTP API under gunicorn (migrating the database first).
+
+    Bearer tokens are required unless the address is loopback only (or
+    ARTIFACT_STORE_AUTH=off, which a non-loopback address refuses).
+    """
+    import os
+    import shutil
+    import tempfile
 
     overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
     settings = Settings.from_env(**overrides)
+    # Every worker counts in files here and /metrics merges them: a fresh folder per server, so a
+    # previous run's counts never mix in. prometheus-client reads the variable when it is imported,
+    # so it is set before api/ is.
+    metrics_dir = tempfile.mkdtemp(prefix="artifact-store-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        _serve(settings, workers, threads, no_upgrade, dict(header_timeout=header_timeout, io_timeout=io_timeout,
+                                                            keepalive=keepalive, max_connections=max_connections))
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _serve(settings: Settings, workers: int, threads: int, no_upgrade: bool, limits: dict) -> None:
+    from api.auth import StartupRefused, describe, resolve
+
+    try:
+        access = resolve(settings)
+    except StartupRefused as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from None
     if not no_upgrade:
         _upgrade(settings)
-    from .dbcheck import describe
+    _configure_logging()
+    from .dbcheck import describe as describe_backends
 
-    click.echo(f"artifact-store listening on http://{settings.host}:{settings.port} ({describe(settings)})",
-               err=True)
-    run(settings, workers=workers, threads=threads, header_timeout=header_timeout, io_timeout=io_timeout,
-        keepalive=keepalive, max_connections=max_connections)
+    click.echo(f"artifact-store listening on http://{settings.host}:{settings.port} "
+               f"({describe_backends(settings)}); {describe(access)}", err=True)
+    from .server import run
+
+    run(settings, workers=workers, threads=threads, **limits)
+
+
+def _configure_logging() -> None:
+    """The access log (one JSON line per request) and the app's warnings go to stderr, like gunicorn's."""
+    import logging
+    import sys
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access = logging.getLogger("artifact_store.access")
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    access.propagate = False
+    app_handler = logging.StreamHandler(sys.stderr)
+    app_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("api", "casstore"):
+        logging.getLogger(name).addHandler(app_handler)
+        logging.getLogger(name).setLevel(logging.INFO)
 
 
 @main.command()
@@ -410,6 +456,67 @@ def verify(deep: bool, max_duration: str | None, repair_staging: str | None) -> 
                f"re-hashed {report.blobs_rehashed} blobs ({_size(report.bytes_rehashed)}), {state}; "
                f"{len(report.findings)} finding(s)", err=True)
     raise SystemExit(0 if report.ok else 1)
+
+
+@main.group()
+def token() -> None:
+    """API bearer tokens: create (the secret is printed once), list, revoke. Audited."""
+
+
+def _token_json(t) -> dict:
+    from casstore.services.manifest import iso
+
+    return {"id": t.id, "name": t.name, "role": t.role, "producers": list(t.producers),
+            "created_at": iso(t.created_at), "created_by": t.created_by, "expires_at": iso(t.expires_at),
+            "revoked_at": iso(t.revoked_at)}
+
+
+@token.command("create")
+@click.option("--role", required=True, type=click.Choice(["reader", "producer", "operator", "metrics"]),
+              help="reader: every GET; producer: reader + ingest for its --producer names; operator: "
+                   "everything; metrics: GET /metrics only.")
+@click.option("--name", required=True, help="Who holds it: recorded as the actor of what it does.")
+@click.option("--producer", "producers", multiple=True, help="A producer name a producer token may write for "
+              "(repeat for several).")
+@click.option("--expires-in", "expires_in", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Days until it expires (default: never; revoke it when done).")
+def token_create(role: str, name: str, producers: tuple[str, ...], expires_in: float | None) -> None:
+    """Create a token; print one JSON line with its id, name, role and the token itself (shown only now)."""
+    import json
+
+    from casstore.errors import CasstoreError
+    from casstore.services.tokens import expiry_in_days
+
+    try:
+        created, secret = _store().tokens.create(name=name, role=role, producers=list(producers),
+                                                 expires_at=expiry_in_days(expires_in), actor=_actor())
+    except CasstoreError as exc:
+        _fail(exc)
+    click.echo(json.dumps({**_token_json(created), "token": secret}))
+
+
+@token.command("list")
+def token_list() -> None:
+    """Every token, one JSON object a line (never the secret: the store does not have it)."""
+    import json
+
+    for t in _store().tokens.list():
+        click.echo(json.dumps(_token_json(t)))
+
+
+@token.command("revoke")
+@click.argument("token_id")
+def token_revoke(token_id: str) -> None:
+    """Revoke a token: its next request is refused (401), on every server."""
+    import json
+
+    from casstore.errors import CasstoreError
+
+    try:
+        revoked = _store().tokens.revoke(token_id, actor=_actor())
+    except CasstoreError as exc:
+        _fail(exc)
+    click.echo(json.dumps(_token_json(revoked)))
 
 
 if __name__ == "__main__":

@@ -89,10 +89,24 @@ def drop_dirty_pages(quiet_mib: int = 8, wait: float = 15.0) -> None:
     time.sleep(0.2)
 
 
-def start_server(data_dir: Path, workers: int = 2) -> ServerProcess:
+def start_server(data_dir: Path, workers: int = 2, auth: bool = False) -> ServerProcess:
+    """A fresh store under ``data_dir``; with ``auth``, tokens are required (``bench_token`` makes one)."""
     if data_dir.exists():
         shutil.rmtree(data_dir)
-    return ServerProcess({"ARTIFACT_STORE_DATA_DIR": str(data_dir)}, workers=workers).start()
+    env = {"ARTIFACT_STORE_DATA_DIR": str(data_dir), "ARTIFACT_STORE_AUTH": "on" if auth else "off"}
+    return ServerProcess(env, workers=workers).start()
+
+
+def bench_token(data_dir: Path, producers: list[str]) -> str:
+    """A producer token for the store under ``data_dir`` (made through the service, as the CLI does)."""
+    from casstore.config import Settings
+    from casstore.store import Store
+
+    store = Store(Settings.from_env({"ARTIFACT_STORE_DATA_DIR": str(data_dir)}))
+    try:
+        return store.tokens.create(name="bench", role="producer", producers=producers, actor="bench")[1]
+    finally:
+        store.close()
 
 
 def connection(url: str) -> http.client.HTTPConnection:

@@ -1,6 +1,6 @@
 """Benchmark: ingest a generated run through the HTTP API, against a lower bound measured in the same run.
 
-    python bench/ingest_api.py [--small 1500] [--big-mib 1024] [--stream-gib 2] [--rounds 3]
+    python bench/ingest_api.py [--small 1500] [--big-mib 1024] [--stream-gib 2] [--rounds 3] [--auth]
 
 The run: ~1,500 small files of 0.2-6 KB plus one big capture. The lower bound
 is a plain Python walk that SHA-256-hashes and copies the same files into a
@@ -9,7 +9,8 @@ folder. The ingestion: create a package, send the small files as tar batches
 PUT (both at once, on two connections), finalize - against `artifact-store
 serve` (gunicorn) on loopback, after a warm-up ingestion.
 Reported: medians of the rounds, the ratio, and the server's peak RSS; then
-the server's peak RSS while a 2 GiB body streams in.
+the server's peak RSS while a 2 GiB body streams in. With --auth the server
+requires tokens and every request carries a producer token.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (  # noqa: E402
     BLOCK,
+    bench_token,
     connection,
     drop_dirty_pages,
     files_of,
@@ -40,10 +42,11 @@ from bench.common import (  # noqa: E402
 OUT = Path(__file__).resolve().parent / "out"
 BATCH_BYTES = 8 << 20
 SMALL_LIMIT = 1 << 20
+AUTH: dict[str, str] = {}  # the Authorization header of every request, with --auth
 
 
 def request_json(conn, method, path, body=None, headers=None):
-    conn.request(method, path, body=body, headers=headers or {})
+    conn.request(method, path, body=body, headers={**AUTH, **(headers or {})})
     response = conn.getresponse()
     data = response.read()
     if response.status >= 300:
@@ -120,9 +123,11 @@ def ingest(url: str, root: Path) -> dict:
     return {"seconds": elapsed, "package": pkg}
 
 
-def stream_rss(data_dir: Path, gib: int) -> dict:
-    server = start_server(data_dir)
+def stream_rss(data_dir: Path, gib: int, auth: bool) -> dict:
+    server = start_server(data_dir, auth=auth)
     try:
+        if auth:
+            AUTH["Authorization"] = "Bearer " + bench_token(data_dir, ["bench"])
         conn = connection(server.url)
         pkg = request_json(conn, "POST", "/v1/packages", json.dumps({"producer": "bench"}),
                            {"Content-Type": "application/json"})["id"]
@@ -135,6 +140,8 @@ def stream_rss(data_dir: Path, gib: int) -> dict:
         started = time.perf_counter()
         conn.putrequest("PUT", f"/v1/packages/{pkg}/files/stream.bin")
         conn.putheader("Content-Length", str(gib << 30))
+        for name, value in AUTH.items():
+            conn.putheader(name, value)
         conn.endheaders()
         for chunk in body():
             conn.send(chunk)
@@ -153,6 +160,7 @@ def main() -> None:
     parser.add_argument("--big-mib", type=int, default=1024)
     parser.add_argument("--stream-gib", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--auth", action="store_true", help="tokens required; requests carry a producer token")
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
     root = generate_run(OUT / "run-api", args.small, args.big_mib << 20)
@@ -161,8 +169,10 @@ def main() -> None:
     for _ in range(args.rounds):
         bounds.append(lower_bound(root, OUT / "lower-bound-copy"))  # it waits for a quiet disk itself
         drop_dirty_pages()
-        server = start_server(OUT / "data-api")
+        server = start_server(OUT / "data-api", auth=args.auth)
         try:
+            if args.auth:
+                AUTH["Authorization"] = "Bearer " + bench_token(OUT / "data-api", ["bench", "warm-up"])
             warm_up(server.url, root)
             drop_dirty_pages()
             ingests.append(ingest(server.url, root)["seconds"])
@@ -171,14 +181,14 @@ def main() -> None:
             server.stop()
     lb, ing = statistics.median(bounds), statistics.median(ingests)
     result = {
-        "files": len(files_of(root)), "bytes": total,
+        "auth": args.auth, "files": len(files_of(root)), "bytes": total,
         "lower_bound_s": round(lb, 3), "ingest_s": round(ing, 3), "ratio": round(ing / lb, 2),
         "rounds": {"lower_bound_s": [round(b, 3) for b in bounds], "ingest_s": [round(i, 3) for i in ingests]},
         "server_peak_rss_mib": round(max(rss), 1),
     }
     if args.stream_gib:
         drop_dirty_pages()
-        result["stream"] = stream_rss(OUT / "data-stream", args.stream_gib)
+        result["stream"] = stream_rss(OUT / "data-stream", args.stream_gib, args.auth)
     print(json.dumps(result, indent=2))
 
 

@@ -1,6 +1,6 @@
 """Benchmark: `artifact-store ingest` on generated runs, against a lower bound measured in the same run.
 
-    python bench/ingest_cli.py [--small 1500] [--big-mib 1024] [--rounds 3]
+    python bench/ingest_cli.py [--small 1500] [--big-mib 1024] [--rounds 3] [--auth]
 
 First the small-only rounds, then the big ones; each round against a fresh
 `artifact-store serve` (after a warm-up ingest), each measurement after the
@@ -18,7 +18,8 @@ measured back to back):
   small-only    a fresh store, the CLI ingests the 1,500 small files alone (target: 3x its lower bound);
                 its lower bounds are measured just before it, in the same conditions
 Reported: medians, ratios, the CLI's peak RSS (target < 100 MiB); and, where restic and
-borg are installed, their times on the same runs.
+borg are installed, their times on the same runs. With --auth the server requires
+tokens and the CLI sends a producer token (ARTIFACT_STORE_TOKEN).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (  # noqa: E402
+    bench_token,
     drop_dirty_pages,
     files_of,
     generate_run,
@@ -60,7 +62,7 @@ def timed(command: list[str], env: dict | None = None) -> float:
 
 def cli_ingest(run: Path, url: str, cache: Path) -> dict:
     """Time one `artifact-store ingest`; its peak RSS comes from wait4's rusage."""
-    env = {**os.environ, "ARTIFACT_STORE_URL": url, "XDG_CACHE_HOME": str(cache)}
+    env = {**os.environ, "ARTIFACT_STORE_URL": url, "XDG_CACHE_HOME": str(cache), **TOKEN}
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "artifact_store.cli", "ingest", str(run), "--quiet"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
@@ -112,6 +114,18 @@ def peer_times(runs: list[Path]) -> dict:
     return peers
 
 
+TOKEN: dict[str, str] = {}  # ARTIFACT_STORE_TOKEN for the CLI, with --auth
+
+
+def serve(auth: bool):
+    """A fresh server; with ``auth``, tokens required and TOKEN set to a producer token of its store."""
+    server = start_server(OUT / "data-cli", auth=auth)
+    TOKEN.clear()
+    if auth:
+        TOKEN["ARTIFACT_STORE_TOKEN"] = bench_token(OUT / "data-cli", ["guide-board"])
+    return server
+
+
 def warm_up(url: str) -> None:
     tiny = generate_run(OUT / "warm-up-run", 20, 2 << 20, seed=99)
     cli_ingest(tiny, url, OUT / "warm-cache")
@@ -122,6 +136,7 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=1500)
     parser.add_argument("--big-mib", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--auth", action="store_true", help="tokens required; the CLI sends a producer token")
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
     run_a = generate_run(OUT / "run-a", args.small, args.big_mib << 20)
@@ -133,7 +148,7 @@ def main() -> None:
     # Small files first, before a gigabyte has been written and deleted: each round a fresh store,
     # then the lower bound and the ingest back to back, so that each ratio compares like with like.
     for _ in range(args.rounds):
-        server = start_server(OUT / "data-cli")
+        server = serve(args.auth)
         try:
             warm_up(server.url)
             shutil.rmtree(OUT / "cache", ignore_errors=True)
@@ -146,7 +161,7 @@ def main() -> None:
         finally:
             server.stop()
     for _ in range(args.rounds):
-        server = start_server(OUT / "data-cli")
+        server = serve(args.auth)
         try:
             warm_up(server.url)
             cache = OUT / "cache"
@@ -171,6 +186,7 @@ def main() -> None:
     bytes_a = sum(p.stat().st_size for p in files_of(run_a))
     bytes_b = sum(p.stat().st_size for p in files_of(run_b))
     result = {
+        "auth": args.auth,
         "run_a": {"files": len(files_of(run_a)), "bytes": bytes_a},
         "run_b": {"files": len(files_of(run_b)), "bytes": bytes_b, "new_bytes": new_bytes["shared"],
                   "shared_fraction": round(1 - new_bytes["shared"] / bytes_b, 3)},

@@ -9,6 +9,8 @@
 | ARTIFACT_STORE_DEFAULT_RETENTION_CLASS  | raw-evidence (for producers with no default of their own) |
 | ARTIFACT_STORE_PUBLIC_URL               | http://<host>:<port> (links in answers)  |
 | ARTIFACT_STORE_S3_*                     | S3 / Ceph RGW settings (see S3Options)   |
+| ARTIFACT_STORE_AUTH                     | on, except off when bound to loopback only (api/auth.py) |
+| ARTIFACT_STORE_ANONYMOUS_READ           | false: anonymous clients may read packages, manifests, files |
 """
 
 from __future__ import annotations
@@ -107,6 +109,8 @@ class Settings:
     port: int = 8080
     default_retention_class: str = "raw-evidence"
     public_url: str = ""
+    auth: str | None = None  # "on", "off", or None: decided by the bind address (api/auth.py)
+    anonymous_read: bool = False
     s3: S3Options = field(default_factory=S3Options)
 
     @classmethod
@@ -125,6 +129,8 @@ class Settings:
             port=port,
             default_retention_class=env.get("ARTIFACT_STORE_DEFAULT_RETENTION_CLASS", "raw-evidence"),
             public_url=env.get("ARTIFACT_STORE_PUBLIC_URL", ""),
+            auth=_auth_mode(env.get("ARTIFACT_STORE_AUTH")),
+            anonymous_read=_true_or_false(env.get("ARTIFACT_STORE_ANONYMOUS_READ"), "ARTIFACT_STORE_ANONYMOUS_READ"),
             s3=S3Options.from_env(env),
         )
         values.update(overrides)
@@ -133,3 +139,19 @@ class Settings:
     @property
     def base_url(self) -> str:
         return self.public_url.rstrip("/") or f"http://{self.host}:{self.port}"
+
+
+def _auth_mode(value: str | None) -> str | None:
+    if value is None or not value.strip():
+        return None
+    if value.strip().lower() not in ("on", "off"):
+        raise ValueError(f"ARTIFACT_STORE_AUTH is 'on' or 'off', not {value!r}")
+    return value.strip().lower()
+
+
+def _true_or_false(value: str | None, name: str) -> bool:
+    if value is None or not value.strip():
+        return False
+    if value.strip().lower() not in ("1", "true", "yes", "0", "false", "no"):
+        raise ValueError(f"{name} is 'true' or 'false', not {value!r}")
+    return value.strip().lower() in ("1", "true", "yes")

@@ -20,6 +20,8 @@ The HTTP layer maps each branch to one status, in one place (api/problems.py)::
     │   └── ChunksMissing         chunks a large file needs are not in the store (never sent, or
     │                             collected meanwhile): send them (``missing_chunks``) and retry
     ├── RangeNotSatisfiable       416: a byte range outside the file
+    ├── Unauthenticated           401: no bearer token, or one that is unknown, expired or revoked
+    ├── Forbidden                 403: the token's role or producer names do not allow this request
     ├── StorageError              503: the storage backend failed (storage.py maps every obstore and OS
     │   │                         error to it), or a claim could not hold its rows against gc (cas.py)
     │   └── ObjectMissing         an object the caller expected is not on the backend (storage.py),
@@ -33,7 +35,9 @@ Who raises the others: NotFound/Gone/Conflict and its branches the services
 InvalidInput and its branches the validators they call (paths.py, digests.py,
 tarstream.py, jsonvalues.py) and the blob writer (writer.py: DigestMismatch,
 IncompleteBody for a short stream); IncompleteBody first of all body.py, the
-reader of request bodies; RangeNotSatisfiable files.py.
+reader of request bodies; RangeNotSatisfiable files.py; Unauthenticated and
+Forbidden the token service (services/tokens.py) and the HTTP layer's access
+check (api/auth.py).
 
 A 5xx answer never shows ``detail`` (it names storage keys and OS errors):
 the client gets the title and what failed in general terms, the log gets
@@ -147,6 +151,18 @@ class RangeNotSatisfiable(CasstoreError):
     """The requested byte range does not overlap the file."""
 
     title = "Range Not Satisfiable"
+
+
+class Unauthenticated(CasstoreError):
+    """The request carries no valid bearer token; ``extra['reason']`` says which way it failed."""
+
+    title = "Unauthorized"
+
+
+class Forbidden(CasstoreError):
+    """The token is valid, but its role or its producer names do not allow this request."""
+
+    title = "Forbidden"
 
 
 class StorageError(CasstoreError):

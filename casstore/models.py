@@ -62,6 +62,15 @@ class BlobState(StrEnum):
 
 
 
+class Role(StrEnum):
+    """What a token may do (api/auth.py holds the table of which endpoint needs which)."""
+
+    READER = "reader"  # every GET/HEAD of the API
+    PRODUCER = "producer"  # reader, plus writing packages of the producer names the token carries
+    OPERATOR = "operator"  # everything
+    METRICS = "metrics"  # only GET /metrics: a scrape token that can read nothing else
+
+
 def utcnow() -> datetime:
     """Now, in UTC (SQLModel stores aware datetimes and returns them in UTC)."""
     return datetime.now(timezone.utc)
@@ -265,3 +274,27 @@ class Lease(SQLModel, table=True):
     name: str = Field(primary_key=True, max_length=64)
     holder: str = Field(max_length=128)
     expires_at: datetime
+
+
+class Token(SQLModel, table=True):
+    """An API bearer token. Only the SHA-256 of its secret is kept: the secret itself is shown once.
+
+    A fast hash is right here: the secret is 256 random bits, so there is
+    nothing for a slow hash to protect against; the hash is the lookup key.
+    """
+
+    __tablename__ = "api_token"
+    __table_args__ = (Index("uq_api_token_secret_sha256", "secret_sha256", unique=True),
+                      Index("ix_api_token_name", "name"),
+                      CheckConstraint("role IN ('reader', 'producer', 'operator', 'metrics')",
+                                      name="ck_api_token_role"))
+    id: str = Field(primary_key=True, max_length=40)
+    name: str = Field(max_length=64)
+    role: str = Field(max_length=16)
+    producers: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    secret_sha256: str = Field(min_length=64, max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)
+    created_by: str = Field(max_length=256)
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+    revoked_by: str | None = Field(default=None, max_length=256)

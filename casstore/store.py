@@ -18,6 +18,7 @@ from .services.gc import GcService
 from .services.health import HealthService
 from .services.packages import PackageService
 from .services.retention import RetentionService
+from .services.tokens import TokenService
 from .services.verify import VerifyService
 from .storage import Storage, open_storage
 
@@ -38,6 +39,7 @@ class Store:
         self.audit = AuditService(self.db)
         self.archives = ArchiveService(self.db, self.blobs)
         self.blob_info = BlobInfoService(self.db)
+        self.tokens = TokenService(self.db)
         self._capabilities: dict | None = None
 
     @property

@@ -9,7 +9,8 @@
 - backends: ``S3_SERVERS`` (SeaweedFS as "s3", Ceph RGW as "rgw", each named by
   ARTIFACT_STORE_TEST_<NAME>_ENDPOINT), ``BACKENDS``, ``S3_PARAMS``, ``make_storage``,
   ``remaining_keys``, ``leave_stray_write``, ``s3_url``;
-- load: ``PackageChurn``, the workload of the gc race tests.
+- load: ``PackageChurn``, the workload of the gc race tests;
+- tokens: ``make_token`` (through the service), ``bearer`` (the header).
 """
 
 from __future__ import annotations
@@ -367,18 +368,34 @@ def leave_stray_write(storage, key: str) -> bool:
 
 # ---------------------------------------------------------------- load
 
+def make_token(store: Store, role: str, name: str | None = None, producers: list[str] | None = None,
+               **kwargs) -> str:
+    """A new token's secret, made through the service (as `artifact-store token create` does)."""
+    _, secret = store.tokens.create(name=name or f"{role}-{uuid.uuid4().hex[:8]}", role=role,
+                                    producers=producers or [], actor="test", **kwargs)
+    return secret
+
+
+def bearer(token: str | None) -> dict:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 class PackageChurn(threading.Thread):
     """Packages made, finalized and deleted in a loop, sharing blobs (and, with ``big``, the
     chunks of large files: every ``big_every``-th package holds one, a shared base plus its own
-    tail, sent alternately by PUT and by the CLI's chunked upload)."""
+    tail, sent alternately by PUT and by the CLI's chunked upload). With tokens, ingestion uses
+    ``producer_token`` and deletion ``operator_token``, as a CI runner and an operator would."""
 
     def __init__(self, urls: list[str], shared: list[bytes], seed: int, stop: threading.Event, errors: list,
                  pace: threading.Semaphore | None = None, keep: int = 2, big: list[bytes] | None = None,
-                 big_every: int = 4, workdir: Path | None = None) -> None:
+                 big_every: int = 4, workdir: Path | None = None, producer_token: str | None = None,
+                 operator_token: str | None = None) -> None:
         super().__init__(daemon=True)
         self.urls, self.shared, self.rng = urls, shared, random.Random(seed)
         self.stop, self.errors, self.pace, self.keep = stop, errors, pace, keep
         self.big, self.big_every, self.workdir = big or [], big_every, workdir
+        self.producer_token = producer_token
+        self.producer, self.operator = bearer(producer_token), bearer(operator_token)
         self.kept: dict[str, dict[str, bytes]] = {}
         self.done = self.deleted = self.reuploads = self.chunk_races = self.big_files = 0
 
@@ -387,6 +404,7 @@ class PackageChurn(threading.Thread):
 
     def run(self) -> None:
         http = requests.Session()
+        http.headers.update(self.producer)
         try:
             while not self.stop.is_set():
                 if self.pace is None or self.pace.acquire(timeout=0.1):
@@ -425,7 +443,8 @@ class PackageChurn(threading.Thread):
         self.kept[pkg] = files
         while len(self.kept) > self.keep:
             oldest = next(iter(self.kept))
-            r = http.delete(f"{self.url()}/v1/packages/{oldest}", params={"reason": "churn"})
+            r = http.delete(f"{self.url()}/v1/packages/{oldest}", params={"reason": "churn"},
+                            headers=self.operator)
             assert r.status_code == 200, r.text
             del self.kept[oldest]
             self.deleted += 1
@@ -442,7 +461,8 @@ class PackageChurn(threading.Thread):
         if self.big_files % 2 and self.workdir is not None:
             path = self.workdir / f"{self.name}.bin"
             path.write_bytes(data)
-            chunked.upload(StoreClient(self.url()), pkg, "big/capture.bin", str(path), sha(data), False,
+            client = StoreClient(self.url(), token=self.producer_token)
+            chunked.upload(client, pkg, "big/capture.bin", str(path), sha(data), False,
                            races=self)
             return data
         for _ in range(10):

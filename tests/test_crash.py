@@ -1,4 +1,7 @@
-"""A real gunicorn server killed with SIGKILL during uploads, restarted, and checked byte for byte."""
+"""A real gunicorn server killed with SIGKILL during uploads, restarted, and checked byte for byte.
+
+The server runs with authentication on: the uploads carry a producer token.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from casstore import layout
 from casstore.config import Settings
 from casstore.store import Store
 from casstore.tarstream import tar_of
-from tests.helpers import ServerProcess
+from tests.helpers import ServerProcess, bearer, make_token
 
 
 def slow_body(seed: bytes, chunks: int, started: threading.Event):
@@ -39,9 +42,9 @@ def body_digest(seed: bytes, chunks: int) -> str:
     return digest.hexdigest()
 
 
-def put_streaming(url: str, body, method: str = "PUT") -> None:
+def put_streaming(url: str, body, method: str = "PUT", headers: dict | None = None) -> None:
     try:
-        requests.request(method, url, data=body, timeout=60)
+        requests.request(method, url, data=body, timeout=60, headers=headers)
     except requests.RequestException:
         pass  # the server died under us: expected
 
@@ -82,9 +85,16 @@ def slow_chunked(path: str, started: threading.Event):
 
 @pytest.mark.slow
 def test_kill_during_uploads_then_restart_and_verify(tmp_path, database_url):
-    env = {"ARTIFACT_STORE_DATA_DIR": str(tmp_path / "data"), "ARTIFACT_STORE_DATABASE_URL": database_url}
+    env = {"ARTIFACT_STORE_DATA_DIR": str(tmp_path / "data"), "ARTIFACT_STORE_DATABASE_URL": database_url,
+           "ARTIFACT_STORE_AUTH": "on"}
+    setup = Store(Settings.from_env(env))
+    producer_token = make_token(setup, "producer", "ci-crash", producers=["crash"])
+    producer = bearer(producer_token)
+    setup.close()
     server = ServerProcess(env, workers=2, log_path=str(tmp_path / "server.log")).start()
     http = requests.Session()
+    http.headers.update(producer)
+    assert http.get(f"{server.url}/v1/packages", headers={"Authorization": ""}).status_code == 401
     try:
         finished: dict[str, dict[str, bytes]] = {}
         for i in range(3):
@@ -108,13 +118,15 @@ def test_kill_during_uploads_then_restart_and_verify(tmp_path, database_url):
             in_flight.append(body_digest(seed, 40))
             events.append(started)
             t = threading.Thread(target=put_streaming, args=(
-                f"{server.url}/v1/packages/{pending}/files/big{k}.bin", slow_body(seed, 40, started)))
+                f"{server.url}/v1/packages/{pending}/files/big{k}.bin", slow_body(seed, 40, started), "PUT",
+                producer))
             t.start()
             threads.append(t)
         started = threading.Event()
         events.append(started)
         threads.append(threading.Thread(target=put_streaming, args=(
-            f"{server.url}/v1/packages/{pending}/tar", slow_tar(small_files("pending"), started), "POST")))
+            f"{server.url}/v1/packages/{pending}/tar", slow_tar(small_files("pending"), started), "POST",
+            producer)))
         threads[-1].start()
         pending_capture = capture("pending")
         capture_path = tmp_path / "capture.bin"
@@ -123,7 +135,7 @@ def test_kill_during_uploads_then_restart_and_verify(tmp_path, database_url):
         events.append(started)
         threads.append(threading.Thread(target=put_streaming, args=(
             f"{server.url}/v1/packages/{pending}/chunked/capture.bin", slow_chunked(str(capture_path), started),
-            "POST")))
+            "POST", producer)))
         threads[-1].start()
         for started in events:
             assert started.wait(20)
@@ -160,7 +172,8 @@ def test_kill_during_uploads_then_restart_and_verify(tmp_path, database_url):
             assert http.put(f"{server.url}/v1/packages/{pending}/files/big{k}.bin", data=body).status_code == 201
         batch = small_files("pending")
         assert http.post(f"{server.url}/v1/packages/{pending}/tar", data=tar_of(sorted(batch.items()))).ok
-        entry, _ = chunked.upload(StoreClient(server.url), pending, "capture.bin", str(capture_path),
+        client = StoreClient(server.url, token=producer_token)
+        entry, _ = chunked.upload(client, pending, "capture.bin", str(capture_path),
                                   hashlib.sha256(pending_capture).hexdigest(), False)
         assert http.post(f"{server.url}/v1/packages/{pending}/finalize").json()["file_count"] == 6 + len(batch)
         assert http.get(f"{server.url}/v1/packages/{pending}/files/capture.bin").content == pending_capture

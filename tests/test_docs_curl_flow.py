@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -10,6 +11,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
+from casstore.store import Store
+from tests.helpers import LiveServer, bearer, make_token
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "ingestion.md"
 
@@ -21,7 +25,22 @@ def documented_script() -> str:
     return block.group(1)
 
 
-def test_documented_curl_flow(server, tmp_path):
+@pytest.fixture(params=["open", "tokens"])
+def flow_server(request, settings):
+    """The loopback default (no tokens) and a store with authentication on (a producer token)."""
+    store = Store(dataclasses.replace(settings, auth="on" if request.param == "tokens" else None))
+    server = LiveServer(store)
+    env = {}
+    if request.param == "tokens":
+        server.http.headers.update(bearer(make_token(store, "operator")))
+        env["ARTIFACT_STORE_TOKEN"] = make_token(store, "producer", "ci", producers=["guide-board"])
+    yield server, env
+    server.close()
+    store.close()
+
+
+def test_documented_curl_flow(flow_server, tmp_path):
+    server, token_env = flow_server
     if not shutil.which("curl") or not shutil.which("sha256sum"):
         pytest.skip("curl and sha256sum are needed")
     run = tmp_path / "my run"
@@ -38,7 +57,7 @@ def test_documented_curl_flow(server, tmp_path):
 
     script = tmp_path / "flow.sh"
     script.write_text(documented_script())
-    proc = subprocess.run(["bash", str(script)], env={**os.environ, "URL": server.url, "RUN": str(run)},
+    proc = subprocess.run(["bash", str(script)], env={**os.environ, "URL": server.url, "RUN": str(run), **token_env},
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()

@@ -3,10 +3,13 @@
 The race that broke the best-known registries (a blob re-referenced while gc
 removes it) must be settled in the database: afterwards `verify --deep` finds
 nothing and every finalized, non-deleted package downloads byte for byte.
+Authentication is on: the workers ingest with a producer token and delete
+with an operator token, as CI runners and operators do.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import threading
@@ -14,8 +17,10 @@ import time
 from datetime import timedelta
 
 import pytest
+import requests
 
-from tests.helpers import PackageChurn
+from casstore.store import Store
+from tests.helpers import LiveServer, PackageChurn, bearer, make_token
 
 GC_ROUNDS = 500
 PACKAGES_PER_ROUND = 4
@@ -23,12 +28,26 @@ SHARED = [os.urandom(random.Random(i).randint(10, 4000)) for i in range(16)] + [
 BIG = [random.Random(100 + i).randbytes(8 << 20) for i in range(3)]  # bases of large (chunked) files
 
 
+@pytest.fixture
+def secured(settings):
+    store = Store(dataclasses.replace(settings, auth="on"))
+    server = LiveServer(store)
+    yield server, store
+    server.close()
+    store.close()
+
+
 @pytest.mark.slow
-def test_gc_loop_beside_ingestion_and_attach(server, store, tmp_path):
+def test_gc_loop_beside_ingestion_and_attach(secured, tmp_path):
+    server, store = secured
     store.retention.set_class_days("transient", 0, actor="test")  # every package is eligible at once
+    producer, operator = make_token(store, "producer", producers=["churn"]), make_token(store, "operator")
+    anonymous = requests.post(f"{server.url}/v1/packages", json={"producer": "churn"})
+    assert anonymous.status_code == 401  # the race below runs with authentication enforced
+    server.http.headers.update(bearer(make_token(store, "reader")))
     stop, errors, pace = threading.Event(), [], threading.Semaphore(0)
-    workers = [PackageChurn([server.url], SHARED, seed, stop, errors, pace, big=BIG, big_every=16, workdir=tmp_path)
-               for seed in range(4)]
+    workers = [PackageChurn([server.url], SHARED, seed, stop, errors, pace, big=BIG, big_every=16, workdir=tmp_path,
+                            producer_token=producer, operator_token=operator) for seed in range(4)]
     for w in workers:
         w.start()
     rounds, freed, chunks_freed, repacked, started = 0, 0, 0, 0, time.monotonic()

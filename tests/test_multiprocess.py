@@ -3,6 +3,9 @@
 Needs the real servers scripts/test starts: ARTIFACT_STORE_TEST_DATABASE_URL (PostgreSQL)
 and ARTIFACT_STORE_TEST_S3_ENDPOINT (SeaweedFS) and/or ARTIFACT_STORE_TEST_RGW_ENDPOINT
 (Ceph RGW 16, which lacks copy-if-not-exists: its large blobs are placed by look, then copy).
+Authentication is on: the clients hold tokens made with `artifact-store token create`,
+and each server's /metrics (scraped with a metrics token) counts the requests of both
+its workers.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import (
     PG_URL,
@@ -26,6 +30,7 @@ from tests.helpers import (
     S3_SERVERS,
     PackageChurn,
     ServerProcess,
+    bearer,
     cli,
     environment,
 )
@@ -40,7 +45,7 @@ SHARED = [os.urandom(random.Random(i).randint(100, 5000)) for i in range(12)] + 
 @needs_pg
 @pytest.mark.parametrize("backend", S3_PARAMS)
 def test_two_api_processes_and_a_gc_process(tmp_path, database_url, backend):
-    env = environment(database_url, tmp_path, backend)
+    env = {**environment(database_url, tmp_path, backend), "ARTIFACT_STORE_AUTH": "on"}
     assert cli(env, "db", "upgrade").returncode == 0
     assert cli(env, "retention-classes", "set", "transient", "--days", "0").returncode == 0
     servers: list[ServerProcess] = []
@@ -54,7 +59,11 @@ def test_two_api_processes_and_a_gc_process(tmp_path, database_url, backend):
 
 
 def _churn_with_gc_then_check(env: dict, tmp_path, backend: str, servers: list[ServerProcess]) -> None:
-    health = requests.get(f"{servers[0].url}/v1/health").json()
+    tokens = {role: token(env, role, *extra) for role, extra in (
+        ("producer", ("--producer", "churn")), ("operator", ()), ("reader", ()), ("metrics", ()))}
+    assert requests.get(f"{servers[0].url}/v1/health").json() == {"status": "ok"}  # anonymous: status only
+    reader = bearer(tokens["reader"])
+    health = requests.get(f"{servers[0].url}/v1/health", headers=reader).json()
     assert health["storage"]["backend"] == "s3"
     copy = S3_SERVERS[backend].copy_if_not_exists
     capabilities = health["storage"]["capabilities"]
@@ -65,7 +74,9 @@ def _churn_with_gc_then_check(env: dict, tmp_path, backend: str, servers: list[S
     gc = subprocess.Popen([sys.executable, "-m", "tests.gc_loop", str(stop_file)], env={**os.environ, **env},
                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stop, errors = threading.Event(), []
-    clients = [PackageChurn([s.url for s in servers], SHARED, seed, stop, errors) for seed in range(6)]
+    clients = [PackageChurn([s.url for s in servers], SHARED, seed, stop, errors,
+                            producer_token=tokens["producer"], operator_token=tokens["operator"])
+               for seed in range(6)]
     try:
         for c in clients:
             c.start()
@@ -90,8 +101,31 @@ def _churn_with_gc_then_check(env: dict, tmp_path, backend: str, servers: list[S
         for pkg, files in c.kept.items():
             for server in servers:
                 for path, data in files.items():
-                    got = requests.get(f"{server.url}/v1/packages/{pkg}/files/{path}")
+                    got = requests.get(f"{server.url}/v1/packages/{pkg}/files/{path}", headers=reader)
                     assert got.status_code == 200 and got.content == data
+    for i, server in enumerate(servers):
+        assert_metrics_count_both_workers(server, tokens["metrics"], tmp_path / f"server{i}.log")
+
+
+def token(env: dict, role: str, *extra: str) -> str:
+    made = cli(env, "token", "create", "--role", role, "--name", f"mp-{role}", *extra)
+    assert made.returncode == 0, made.stderr
+    return json.loads(made.stdout)["token"]
+
+
+def assert_metrics_count_both_workers(server: ServerProcess, scrape_token: str, log: Path) -> None:
+    """One scrape equals the access-log lines of both workers (counted in two processes, merged)."""
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
+        lines = [x for x in lines if x["route"] != "/metrics"]
+        text = requests.get(f"{server.url}/metrics", headers=bearer(scrape_token)).text
+        counted = sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                      if s.name == "artifact_store_http_requests_total" and s.labels["route"] != "/metrics")
+        if counted == len(lines) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert len({x["pid"] for x in lines}) == 2 and counted == len(lines) > 100
 
 
 @needs_pg

@@ -10,6 +10,7 @@ import base64
 import hashlib
 import http.client
 import json
+import os
 import threading
 from typing import IO, Any
 from urllib.parse import quote, urlencode, urlsplit
@@ -30,8 +31,27 @@ class Unreachable(Exception):
     """The service could not be reached or dropped the connection."""
 
 
+def token_from_env(env=None) -> str | None:
+    """The bearer token: ARTIFACT_STORE_TOKEN, or the first line of ARTIFACT_STORE_TOKEN_FILE.
+
+    Never a command-line argument: those are visible to every user of the
+    host (ps, /proc) and land in shell histories.
+    """
+    env = os.environ if env is None else env
+    token, path = env.get("ARTIFACT_STORE_TOKEN", "").strip(), env.get("ARTIFACT_STORE_TOKEN_FILE", "").strip()
+    if token and path:
+        raise ValueError("set ARTIFACT_STORE_TOKEN or ARTIFACT_STORE_TOKEN_FILE, not both")
+    if path:
+        with open(path, encoding="utf-8") as f:
+            token = f.readline().strip()
+        if not token:
+            raise ValueError(f"ARTIFACT_STORE_TOKEN_FILE {path} is empty")
+    return token or None
+
+
 class StoreClient:
-    def __init__(self, base_url: str, actor: str = "artifact-store-cli", timeout: float = 600) -> None:
+    def __init__(self, base_url: str, actor: str = "artifact-store-cli", timeout: float = 600,
+                 token: str | None = None) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
@@ -39,6 +59,7 @@ class StoreClient:
         self._scheme, self._host, self._port = parts.scheme, parts.hostname, parts.port
         self._prefix = parts.path.rstrip("/")
         self._actor = actor
+        self._auth = {"Authorization": f"Bearer {token}"} if token else {}
         self._timeout = timeout
         self._local = threading.local()
 
@@ -53,7 +74,7 @@ class StoreClient:
     def request(self, method: str, path: str, *, body: bytes | IO[bytes] | None = None,
                 json_body: Any = None, headers: dict | None = None, query: dict | None = None) -> Any:
         """Send one request; return the decoded JSON answer, or raise ApiError / Unreachable."""
-        headers = {"X-Actor": self._actor, **(headers or {})}
+        headers = {"X-Actor": self._actor, **self._auth, **(headers or {})}
         if json_body is not None:
             body = json.dumps(json_body).encode()
             headers["Content-Type"] = "application/json"

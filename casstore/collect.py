@@ -86,13 +86,27 @@ class BlobCollector:
             session.connection().execute(delete(StorageLocation.__table__)
                                          .where(StorageLocation.__table__.c.blob_sha256 == sha256))
             self.storage.delete(layout.blob_key(sha256))  # its own object (or a stray copy of it)
-            if where is not None and layout.is_pack_key(where.object_key) \
-                    and not self.pack_referenced(session, where.object_key) and not retired(session, where.object_key):
-                self.storage.delete(where.object_key)
             session.connection().execute(delete(table).where(table.c.sha256 == sha256))
             if audited:
                 audit.record(session, actor, "blob.collected", subject=f"sha256:{sha256}", size=size)
-            return size
+        if where is not None and layout.is_pack_key(where.object_key):
+            self.drop_emptied_pack(where.object_key)
+        return size
+
+    def drop_emptied_pack(self, key: str) -> None:
+        """Delete a committed pack once no location names it (unless retired: its grace decides).
+
+        Asked after the collect's own commit, in a transaction of its own: two
+        collects of a pack's last two blobs (gc beside a writer's undo) each see
+        the other's location while both are uncommitted under PostgreSQL's read
+        committed; asked after the commit, the later of the two sees none. No
+        transaction adds a location to a committed pack (only its writer, in the
+        commit that recorded it), so an empty committed pack stays empty.
+        """
+        with self.db.read() as session:
+            if self.pack_referenced(session, key) or retired(session, key):
+                return
+        self.storage.delete(key)
 
     def undo_place(self, loose: list[StagedBlob], pack_keys: list[str], actor: str,
                    chunk_packs: list[str] = ()) -> None:

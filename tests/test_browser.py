@@ -73,14 +73,18 @@ def package(server):
 
 def test_a_person_finds_the_package_and_downloads_every_file(server, browser, package):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as until
+    from selenium.webdriver.support.ui import WebDriverWait
 
+    wait = WebDriverWait(browser, 30)  # a click navigates; the next page is looked at once it is there
     browser.get(f"{server.url}/")
     browser.find_element(By.NAME, "run_id").send_keys("browser-run")
     browser.find_element(By.CSS_SELECTOR, "form button").click()
+    wait.until(until.url_contains("run_id=browser-run"))
     listed = browser.find_elements(By.CSS_SELECTOR, "a.package")
     assert [a.text for a in listed] == [package["id"]]
     listed[0].click()  # the URL Statehub records, opened by a browser: the page, not JSON
-    assert browser.current_url == package["url"]
+    wait.until(until.url_to_be(package["url"]))
     assert browser.find_element(By.ID, "status").text == "finalized"
     assert browser.find_element(By.ID, "run-id").text == "browser-run"
     assert browser.find_element(By.ID, "manifest-digest").text == package["manifest_digest"]
@@ -96,6 +100,7 @@ def test_a_person_finds_the_package_and_downloads_every_file(server, browser, pa
     for path in ("raw/logs/#2?.log", "reports/score card.md", "caf\u00e9/\u2603 snow.txt"):
         browser.get(package["url"])
         browser.find_element(By.LINK_TEXT, path).click()
+        wait.until(until.url_changes(package["url"]))
         assert browser.find_element(By.TAG_NAME, "body").text == FILES[path].decode().strip(), path
 
     browser.get(package["url"])

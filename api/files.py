@@ -80,6 +80,7 @@ class TarUpload(MethodView):
         """
         added = context.store().files.put_tar(package_id, request_body(), actor=context.actor(),
                                               replace=query["replace"], expected_sha256=expected_digest())
+        metrics.deduplicated(sum(e.deduplicated for e in added))
         return {"added": added}
 
 
@@ -100,6 +101,7 @@ class FileItem(MethodView):
             package_id, context.raw_logical_path(PATH_PREFIX_SEGMENTS), request_body().chunks(),
             actor=context.actor(), media_type=media_type(), expected_sha256=expected_digest(),
             expected_size=request.content_length, replace=query["replace"])
+        metrics.deduplicated(entry.deduplicated)
         return entry, 201 if changed else 200
 
     @blp.response(200, content_type="application/octet-stream", description="the file's bytes")
@@ -133,6 +135,7 @@ class ChunkedFile(MethodView):
         entry, changed = context.store().files.put_chunked(
             package_id, context.raw_logical_path(PATH_PREFIX_SEGMENTS), request_body(), actor=context.actor(),
             expected_sha256=expected_digest(), replace=query["replace"])
+        metrics.deduplicated(entry.deduplicated)
         return entry, 201 if changed else 200
 
 

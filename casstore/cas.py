@@ -65,6 +65,7 @@ class StagedBlob:
     object_key: str | None = None  # once placed: its own key, or a pack's
     offset: int = 0  # where in that object it starts
     chunked: ChunkedBytes | None = None  # a large file taken in as chunks (chunks.py): its recipe
+    held_bytes: int = 0  # once claimed: how many of its bytes the store already held (deduplicated)
 
     @property
     def sha256(self) -> str:

@@ -77,7 +77,20 @@ class Transaction:
         """Record every blob this writer staged as 'present', locking ``also_lock`` rows too
         (all in digest order); rows made now start with ``refs[digest]`` references."""
         self.rows = self._writer.blobs.claim(self.session, self._writer.staged, also_lock, refs)
+        for staged in self._writer.staged:
+            staged.held_bytes = _held_bytes(staged, self.rows.get(staged.sha256))
         return self.rows
+
+
+def _held_bytes(staged: StagedBlob, row: BlobRow | None) -> int:
+    """How many of a claimed blob's bytes the store held before: all of them when its row was
+    present already (this writer recorded nothing), else those of its chunks the store had."""
+    if row is not None and not row.inserted and not row.located:
+        return staged.size
+    if staged.chunked is not None:
+        known = staged.chunked.known
+        return sum(e.size for e in staged.chunked.recipe if e.chunk_id in known)
+    return 0
 
 
 class BlobWriter:

@@ -60,6 +60,8 @@ def test_requests_bytes_dedup_and_auth_failures_are_counted(secured):
     attached = requests.post(f"{server.url}/v1/packages/{pkg}/attach", headers=producer,
                              json={"files": [{"path": "copy.bin", "sha256": sha(data)}]})
     assert attached.status_code == 200 and len(attached.json()["attached"]) == 1
+    # the same bytes uploaded again under another name: received, not stored again
+    assert requests.put(server.file_url(pkg, "again.bin"), data=data, headers=producer).status_code == 201
     assert requests.get(server.file_url(pkg, "a.bin"), headers=producer).content == data
     assert requests.get(f"{server.url}/v1/audit").status_code == 401
     after = scrape_until(server.url, scraper, lambda now: value(
@@ -69,13 +71,13 @@ def test_requests_bytes_dedup_and_auth_failures_are_counted(secured):
     def delta(name, **labels):
         return value(after, name, **labels) - value(before, name, **labels)
 
-    assert delta("artifact_store_http_requests_total", route=FILE_ROUTE, method="PUT", status="201") == 1
+    assert delta("artifact_store_http_requests_total", route=FILE_ROUTE, method="PUT", status="201") == 2
     assert delta("artifact_store_http_requests_total", route=FILE_ROUTE, method="GET", status="200") == 1
     assert delta("artifact_store_http_requests_total", route="/v1/audit", method="GET", status="401") == 1
-    assert delta("artifact_store_http_request_bytes_total", route=FILE_ROUTE, method="PUT") == len(data)
+    assert delta("artifact_store_http_request_bytes_total", route=FILE_ROUTE, method="PUT") == 2 * len(data)
     assert delta("artifact_store_http_response_bytes_total", route=FILE_ROUTE, method="GET") == len(data)
-    assert delta("artifact_store_http_request_duration_seconds_count", route=FILE_ROUTE, method="PUT") == 1
-    assert delta("artifact_store_deduplicated_bytes_total") == len(data)
+    assert delta("artifact_store_http_request_duration_seconds_count", route=FILE_ROUTE, method="PUT") == 2
+    assert delta("artifact_store_deduplicated_bytes_total") == 2 * len(data)  # the attach and the upload
     assert delta("artifact_store_auth_failures_total", status="401", reason="missing") == 1
     denied = requests.get(f"{server.url}/metrics", headers=bearer(make_token(store, "reader")))
     assert_problem(denied, 403)

@@ -81,6 +81,7 @@ class Entry:
     size: int
     media_type: str
     created_at: datetime | None = None
+    deduplicated: int = 0  # of an upload: bytes the store already held when they arrived (not stored again)
 
 
 @dataclass
@@ -237,7 +238,10 @@ class FileService:
                 refs.pop(digest, None)
             if changes:
                 self._apply(tx.session, package, changes, replaced, refs, writer.actor, action)
-        return _as_recorded(entries, existing), bool(changes)
+        recorded = _as_recorded(entries, existing)
+        for entry, staged in zip(recorded, writer.staged):  # one staged blob per entry, in order
+            entry.deduplicated = staged.held_bytes
+        return recorded, bool(changes)
 
     def _apply(self, session: Session, package: Package, entries: list[Entry],
                existing: dict[str, Entry], refs: dict[str, int], actor: str, action: str) -> list[Entry]:

@@ -56,7 +56,6 @@ POLICY: dict[tuple[str, str], Need] = {
     ("GET", "/v1/health"): Need.PUBLIC,  # status only, unless authenticated (api/health.py)
     ("GET", "/openapi.json"): Need.PUBLIC,
     ("GET", "/docs"): Need.PUBLIC,
-    ("GET", "/redoc"): Need.PUBLIC,
     ("GET", "/static/{filename}"): Need.PUBLIC,
     ("GET", "/docs/assets/{filename}"): Need.PUBLIC,
     ("GET", "/metrics"): Need.SCRAPE,

@@ -19,6 +19,7 @@ import hashlib
 import io
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -474,3 +475,193 @@ class PackageChurn(threading.Thread):
             assert r.status_code == 201, r.text
             return data
         raise AssertionError("a large file lost its chunks to gc ten times in a row")
+
+
+# ---------------------------------------------------------------- docs
+
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH")
+
+
+@dataclass(frozen=True)
+class DocBlock:
+    """One fenced block of a markdown file: where it starts, its language, its text, and the name
+    of the ``<!-- NAME:start -->`` marker right above it (how tests find the blocks they run)."""
+
+    doc: Path
+    line: int
+    lang: str
+    text: str
+    name: str | None
+
+    def __str__(self) -> str:
+        return f"{self.doc.name}:{self.line}" + (f" ({self.name})" if self.name else "")
+
+
+def doc_blocks(doc: Path) -> list[DocBlock]:
+    blocks, lines, i = [], doc.read_text().splitlines(keepends=True), 0
+    while i < len(lines):
+        opening = re.match(r"^(```+)(\S*)\s*$", lines[i])
+        if not opening:
+            i += 1
+            continue
+        end = next(j for j in range(i + 1, len(lines)) if lines[j].rstrip() == opening.group(1))
+        above = next((lines[j] for j in range(i - 1, -1, -1) if lines[j].strip()), "")
+        marker = re.match(r"^<!-- ([\w-]+):start -->\s*$", above)
+        blocks.append(DocBlock(doc, i + 1, opening.group(2), "".join(lines[i + 1:end]),
+                               marker.group(1) if marker else None))
+        i = end + 1
+    return blocks
+
+
+def doc_block(doc: Path, name: str) -> str:
+    """The text of the block marked ``<!-- name:start -->`` (and closed by ``<!-- name:end -->``)."""
+    found = [b for b in doc_blocks(doc) if b.name == name]
+    assert len(found) == 1 and f"<!-- {name}:end -->" in doc.read_text(), \
+        f"{doc.relative_to(ROOT)} lost its {name} block"
+    return found[0].text
+
+
+def run_doc_block(doc: Path, name: str, cwd: Path, env: dict | None = None, script_dir: Path | None = None,
+                  strict: bool = False, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run a marked shell block of a doc with bash, exactly as written, in ``cwd``, with the venv's
+    ``artifact-store`` first on PATH. ``strict`` runs it under ``bash -eu -o pipefail`` (for blocks
+    that are a list of commands rather than a script with its own ``set -eu``)."""
+    script = (script_dir or cwd) / f"{name}.sh"
+    script.write_text(doc_block(doc, name))
+    path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
+    options = ["-eu", "-o", "pipefail"] if strict else []
+    return subprocess.run(["bash", *options, str(script)], cwd=cwd, env={**os.environ, "PATH": path, **(env or {})},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _prose(doc: Path) -> str:
+    """The text of a doc outside its fenced blocks (the lines of each block blanked)."""
+    lines = doc.read_text().splitlines()
+    for block in doc_blocks(doc):
+        for i in range(block.line - 1, block.line + block.text.count("\n") + 1):
+            lines[i] = ""
+    return "\n".join(lines)
+
+
+def inline_code(doc: Path) -> list[str]:
+    """Every inline code span of the prose and tables (a span may wrap a line; ``\\|`` in a
+    table cell is a ``|``), white space collapsed."""
+    return [" ".join(span.replace("\\|", "|").split()) for span in re.findall(r"`([^`\n]+(?:\n[^`\n]+)*)`",
+                                                                               _prose(doc))]
+
+
+def shell_commands(text: str) -> list[list[str]]:
+    """The simple commands of a shell text, as words: lines joined at ``\\``, comments and heredoc
+    bodies left out, split at pipes, ``;``, ``&&``, ``||`` and ``$( )``, leading ``VAR=value``
+    assignments dropped."""
+    import shlex
+
+    commands, lines = [], text.replace("\\\n", " ").splitlines()
+    heredoc = None
+    for line in lines:
+        if heredoc:
+            heredoc = None if line.strip() == heredoc else heredoc
+            continue
+        found = re.search(r"<<-?\s*['\"]?(\w+)['\"]?", line)
+        heredoc = found.group(1) if found else None
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+        lexer.whitespace_split, lexer.commenters = True, "#"
+        try:
+            words = list(lexer)
+        except ValueError:  # not shell (an output line shown in a block)
+            continue
+        current: list[str] = []
+        for word in [*words, ";"]:
+            if word and all(c in "|;&()<>" for c in word):
+                if current:
+                    commands.append(current)
+                current = []
+            elif not current and re.match(r"^\w+=", word):
+                continue  # VAR=value before a command (or "VAR=$" before a substitution)
+            else:
+                current.append(word)
+    return commands
+
+
+def documented_commands(doc: Path, program: str = "artifact-store") -> list[tuple[str, list[str], bool]]:
+    """Every ``program ...`` command a doc shows: (where, words, literal). Lines of shell blocks are
+    literal command lines; inline spans in prose are often synopses (``[--x]``, ``(a | b)``, ``N``)."""
+    found = []
+    for block in doc_blocks(doc):
+        if block.lang in ("sh", "bash", "shell", ""):
+            found += [(str(block), words, True) for words in shell_commands(block.text) if words[0] == program]
+    for span in inline_code(doc):
+        words = re.sub(r"^\w+=\S+ ", "", span).split()
+        if len(words) > 1 and words[0] == program:
+            found.append((f"{doc.name}: `{span}`", words, False))
+    return found
+
+
+def _curl_request(words: list[str]) -> tuple[str, str] | None:
+    """(method, URL) of a curl command, as curl decides the method."""
+    takes_value = {"-o", "--output", "-H", "--header", "-d", "--data", "--data-binary", "--data-raw", "-K",
+                   "--config", "-C", "-w", "-u", "-T", "-F", "-X", "--request", "-m", "--max-time", "-A", "-e"}
+    method, url, i = None, None, 1
+    data = False
+    while i < len(words):
+        word = words[i]
+        if word in ("-X", "--request"):
+            method = words[i + 1]
+        elif word.startswith("-X") and len(word) > 2:
+            method = word[2:]
+        elif word in ("-I", "--head"):
+            method = "HEAD"
+        elif word in ("-d", "--data", "--data-binary", "--data-raw", "-F"):
+            data = True
+        elif word == "-T":
+            method = method or "PUT"
+        if word in takes_value:
+            i += 2
+            continue
+        if not word.startswith("-") and url is None:
+            url = word
+        i += 1
+    return (method or ("POST" if data else "GET"), url) if url else None
+
+
+def documented_requests(doc: Path) -> list[tuple[str, str, str]]:
+    """Every HTTP request a doc shows: (where, METHOD, path[?query]). From ``METHOD /path`` spans
+    (``GET``/``HEAD /p`` names both), security.md's table rows, and curl commands (``$URL``, a host
+    or ``localhost:PORT`` stripped; ``$LINK``, and statehub.md's ``url`` and ``...``, are a package's
+    URL, ``/v1/packages/{id}``)."""
+    package = "/v1/packages/{id}"
+    found = []
+    methods = "|".join(HTTP_METHODS)
+    prose = _prose(doc)
+    for first, second, path in re.findall(rf"`({methods})`/`({methods}) ([^`]+)`", prose):
+        found += [(f"{doc.name}: `{m} {path}`", m, path) for m in (first, second)]
+    for span in inline_code(doc):
+        request = re.match(rf"^({methods}) (\S+)$", span)
+        if request:
+            found.append((f"{doc.name}: `{span}`", request.group(1), request.group(2)))
+    for method, path in re.findall(rf"^\| `({methods})` \| `(/[^`]*)` \|", prose, re.M):
+        found.append((f"{doc.name}: table row {method} {path}", method, path))
+    spans = [(f"{doc.name}: `{s}`", s) for s in inline_code(doc) if s.startswith("curl ")]
+    texts = [(str(b), b.text) for b in doc_blocks(doc) if b.lang in ("sh", "bash", "")] + spans
+    for where, shown in texts:
+        for words in shell_commands(shown):
+            request = _curl_request(words) if words[0] == "curl" else None
+            if request:
+                method, url = request
+                path = re.sub(r"^(https?://[^/]+|\$\{?URL\}?|localhost:\d+|127\.0\.0\.1:\d+)", "", url)
+                found.append((f"{where}: curl {method} {url}", method, re.sub(r"^\$\{?LINK\}?", package, path)))
+    return [(where, method, re.sub(r"^(url|\.\.\.)(?=/|$)", package, path)) for where, method, path in found]
+
+
+def documented_variables(doc: Path, prefixes: tuple[str, ...] = ("ARTIFACT_STORE_", "AWS_")) -> list[str]:
+    """Every environment variable with one of these prefixes a doc names; a name ending in ``_``
+    (``ARTIFACT_STORE_TEST_*``) stands for a family. ``_SUFFIX`` spans on a line naming an
+    ``ARTIFACT_STORE_S3_`` variable are shorthand for ``ARTIFACT_STORE_S3_SUFFIX``."""
+    names = []
+    for line in doc.read_text().splitlines():
+        for prefix in prefixes:
+            names += re.findall(rf"\b{prefix}[A-Z0-9_]*", line)
+        if "ARTIFACT_STORE_S3_" in line:
+            names += ["ARTIFACT_STORE_S3" + s for s in re.findall(r"`(_[A-Z0-9_]+)`", line)]
+    return sorted(set(names))

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
-from tests.helpers import make_tar, sha
+from tests.helpers import ROOT, make_tar, run_doc_block, sha
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "consumers.md"
+DOC = ROOT / "docs" / "consumers.md"
 FILES = {
     "run.json": b'{"run_id": "consumer-doc"}',
     "raw/logs/a b.log": b"alpha\n",
@@ -27,18 +24,8 @@ FILES = {
 }
 
 
-def block(name: str) -> str:
-    found = re.search(rf"<!-- {name}:start -->\s*```sh\n(.*?)```\s*<!-- {name}:end -->", DOC.read_text(), re.S)
-    assert found, f"docs/consumers.md lost its {name} block"
-    return found.group(1)
-
-
 def run_block(name: str, cwd: Path, **env) -> subprocess.CompletedProcess:
-    script = cwd / f"{name}.sh"
-    script.write_text(block(name))
-    path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"  # the venv's artifact-store command
-    return subprocess.run(["bash", str(script)], cwd=cwd, env={**os.environ, "PATH": path, **env},
-                          capture_output=True, text=True, timeout=120)
+    return run_doc_block(DOC, name, cwd, env)
 
 
 @pytest.fixture

@@ -5,24 +5,19 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
 from casstore.store import Store
-from tests.helpers import LiveServer, bearer, make_token
+from tests.helpers import ROOT, LiveServer, bearer, doc_block, make_token
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "ingestion.md"
+DOC = ROOT / "docs" / "ingestion.md"
 
 
 def documented_script() -> str:
-    text = DOC.read_text()
-    block = re.search(r"<!-- curl-flow:start -->\s*```sh\n(.*?)```\s*<!-- curl-flow:end -->", text, re.S)
-    assert block, "docs/ingestion.md lost its curl-flow block"
-    return block.group(1)
+    return doc_block(DOC, "curl-flow")
 
 
 @pytest.fixture(params=["open", "tokens"])

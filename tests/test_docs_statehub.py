@@ -3,27 +3,19 @@ and what the doc says the link does after deletion."""
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
-from tests.helpers import assert_problem
+from tests.helpers import ROOT, assert_problem, run_doc_block
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "statehub.md"
+DOC = ROOT / "docs" / "statehub.md"
 
 
 def resolve(tmp_path, link: str, digest: str) -> subprocess.CompletedProcess:
-    found = re.search(r"<!-- statehub-resolve:start -->\s*```sh\n(.*?)```", DOC.read_text(), re.S)
-    assert found, "docs/statehub.md lost its statehub-resolve block"
-    script = tmp_path / "resolve.sh"
-    script.write_text(found.group(1))
-    return subprocess.run(["bash", str(script)], env={**os.environ, "LINK": link, "DIGEST": digest},
-                          capture_output=True, text=True, timeout=60)
+    return run_doc_block(DOC, "statehub-resolve", tmp_path, {"LINK": link, "DIGEST": digest}, timeout=60)
 
 
 def test_a_recorded_link_resolves_before_and_after_deletion(server, store, tmp_path):

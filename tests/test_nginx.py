@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import shutil
 import subprocess
 import time
@@ -20,16 +19,13 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.helpers import ROOT, ServerProcess, assert_problem, free_port, make_tar
+from tests.helpers import ROOT, ServerProcess, assert_problem, doc_block, free_port, make_tar
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
 
 
 def documented_conf() -> str:
-    text = (ROOT / "docs" / "operations.md").read_text()
-    block = re.search(r"<!-- nginx-conf:start -->\s*```nginx\n(.*?)```\s*<!-- nginx-conf:end -->", text, re.S)
-    assert block, "docs/operations.md lost its nginx-conf block"
-    return block.group(1)
+    return doc_block(ROOT / "docs" / "operations.md", "nginx-conf")
 
 
 def nginx_conf(tmp: Path, backend_port: int, tls_port: int) -> str:

@@ -21,6 +21,7 @@ import ast
 import dataclasses
 import json
 import re
+import shutil
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -97,6 +98,9 @@ NOT_COMMANDS = {"artifact-store chunk v1"}  # design.md: the BLAKE3 derive-key c
 
 # Routes of the app that are not API operations (pages, the OpenAPI document and its UI), so not in it.
 NOT_API = {"/", "/openapi.json", "/docs", "/static/{filename}", "/docs/assets/{filename}"}
+
+
+needs_curl = pytest.mark.skipif(not shutil.which("curl"), reason="curl is needed (scripts/test installs it when root)")
 
 
 def doc_ids(docs):
@@ -194,8 +198,9 @@ def test_every_script_and_benchmark_named_exists_with_the_options_shown(doc):
                 wrong.append(f"{' '.join(words)}: no file {word}")
             elif word.endswith(".py") and word.startswith("bench/"):
                 source = path.read_text()
-                wrong += [f"{' '.join(words)}: {word} has no option {o}" for o in args[i + 1:]
-                          if o.startswith("--") and f'"{o.split("=")[0]}"' not in source]
+                shown = [o.strip("[]()").split("=")[0] for o in args[i + 1:]]
+                wrong += [f"{' '.join(words)}: {word} has no option {o}" for o in shown
+                          if o.startswith("--") and f'"{o}"' not in source]
     assert wrong == []
 
 
@@ -326,6 +331,7 @@ def get(server, path: str, **kwargs):
     return answer.json()
 
 
+@needs_curl
 def test_retention_classes_block(server, shell_env, tmp_path):
     lines, _ = run(RETENTION, "retention-classes", tmp_path, shell_env)
     assert [line.split()[0] for line in lines[:5]] == ["transient", "raw-evidence", "summary-evidence",
@@ -339,6 +345,7 @@ def test_retention_classes_block(server, shell_env, tmp_path):
         ("disk pressure", True), ("policy 2027", True)]
 
 
+@needs_curl
 def test_retention_extend_and_events_blocks(server, shell_env, tmp_path):
     pkg = finalized(server)
     before = datetime.fromisoformat(get(server, f"/v1/packages/{pkg}/retention")["expires_at"])
@@ -354,6 +361,7 @@ def test_retention_extend_and_events_blocks(server, shell_env, tmp_path):
     assert [(e["actor"], e["action"], e["package_id"]) for e in audit] == [("alice", "retention.extended", pkg)]
 
 
+@needs_curl
 def test_holds_block(server, shell_env, tmp_path):
     pkg = finalized(server)
     lines, _ = run(RETENTION, "holds", tmp_path, {**shell_env, "PKG": pkg})
@@ -370,6 +378,7 @@ def test_holds_block(server, shell_env, tmp_path):
     assert holds[1]["id"] == added["id"]
 
 
+@needs_curl
 def test_eligibility_block(server, store, shell_env, tmp_path):
     store.retention.set_class_days("transient", 0, actor="test", reason="eligible at once")
     eligible = finalized(server, "transient")
@@ -385,6 +394,7 @@ def test_eligibility_block(server, store, shell_env, tmp_path):
     assert [p["package_id"] for p in json.loads(lines[5])["packages"]] == [eligible]
 
 
+@needs_curl
 def test_delete_and_gc_blocks(server, store, shell_env, tmp_path):
     store.retention.set_class_days("transient", 0, actor="test", reason="eligible at once")
     kept = finalized(server, files={"shared.log": b"shared\n"})

@@ -499,3 +499,24 @@ def test_ingest_output_shown_in_ingestion_md(server, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert list(json.loads(proc.stdout)) == list(shown)
 
+
+
+def test_download_output_shown_in_consumers_md(server, tmp_path):
+    """The one JSON line of `artifact-store download` has exactly the fields docs/consumers.md shows."""
+    import subprocess
+
+    shown = json.loads(next(b.text for b in doc_blocks(DOC / "consumers.md") if b.lang == "json"))
+    pkg = finalized(server)
+    proc = subprocess.run([sys.executable, "-m", "artifact_store.cli", "download", pkg, str(tmp_path / "out"),
+                           "--url", server.url], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert list(json.loads(proc.stdout)) == list(shown)
+
+
+def test_metric_names_shown_in_security_md_are_served(server):
+    text = server.http.get(f"{server.url}/metrics").text
+    doc = SECURITY.read_text()
+    names = set(re.findall(r"`(artifact_store_[a-z_]+)", doc))
+    names |= {"artifact_store_http" + suffix for suffix in re.findall(r"`(_[a-z_]+_total)`", doc)}
+    assert len(names) == 6
+    assert sorted(n for n in names if not re.search(rf"\b{n}\b", text)) == []

@@ -584,15 +584,20 @@ def shell_commands(text: str) -> list[list[str]]:
     return commands
 
 
-def documented_commands(doc: Path, program: str = "artifact-store") -> list[tuple[str, list[str], bool]]:
+def documented_commands(doc: Path, program: str = "artifact-store",
+                        subcommands: frozenset[str] = frozenset()) -> list[tuple[str, list[str], bool]]:
     """Every ``program ...`` command a doc shows: (where, words, literal). Lines of shell blocks are
-    literal command lines; inline spans in prose are often synopses (``[--x]``, ``(a | b)``, ``N``)."""
+    literal command lines; inline spans in prose are often synopses (``[--x]``, ``(a | b)``, ``N``).
+    A span of two words or more that starts with one of ``subcommands`` (``token revoke ID``,
+    ``verify --repair-staging AGE``) is that program's command too."""
     found = []
     for block in doc_blocks(doc):
         if block.lang in ("sh", "bash", "shell", ""):
             found += [(str(block), words, True) for words in shell_commands(block.text) if words[0] == program]
     for span in inline_code(doc):
         words = re.sub(r"^\w+=\S+ ", "", span).split()
+        if len(words) > 1 and words[0] in subcommands:
+            words = [program, *words]
         if len(words) > 1 and words[0] == program:
             found.append((f"{doc.name}: `{span}`", words, False))
     return found

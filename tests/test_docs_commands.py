@@ -163,13 +163,34 @@ def _parse(words: list[str], literal: bool) -> str | None:
 @pytest.mark.parametrize("doc", DOCS, ids=doc_ids(DOCS))
 def test_every_command_line_parses(doc):
     wrong = []
-    for where, words, literal in documented_commands(doc):
+    for where, words, literal in documented_commands(doc, subcommands=frozenset(main.commands)):
         if " ".join(words) not in NOT_COMMANDS:
             problem = _parse(words, literal)
             if problem:
                 wrong.append(f"{where}: {' '.join(words)}: {problem}")
     assert wrong == []
 
+
+# Options named alone in prose that belong to another program (checked where it is ours).
+OTHER_OPTIONS = {"--data-binary": "curl, in README.md's quick start",
+                 "--auth": "bench/ingest_api.py and bench/ingest_cli.py"}
+
+
+def _all_options(cmd: click.Command) -> set[str]:
+    options = {o for p in cmd.params for o in (*p.opts, *p.secondary_opts)}
+    for sub in getattr(cmd, "commands", {}).values():
+        options |= _all_options(sub)
+    return options
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=doc_ids(DOCS))
+def test_every_option_named_alone_exists(doc):
+    """``--option`` spans in prose (``--repack-grace``, ``--jobs N``) name an option of some command."""
+    known = _all_options(main)
+    for name in ("ingest_api.py", "ingest_cli.py"):
+        assert '"--auth"' in (ROOT / "bench" / name).read_text()
+    shown = {span.split()[0] for span in inline_code(doc) if span.startswith("--")}
+    assert sorted(shown - known - set(OTHER_OPTIONS)) == []
 
 def test_the_parser_refuses_what_click_refuses():
     """The check above can fail: a bogus option, a missing required option, an unknown command."""

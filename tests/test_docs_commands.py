@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import importlib.util
 import json
 import re
 import shutil
@@ -205,12 +206,14 @@ def test_the_parser_refuses_what_click_refuses():
 
 @pytest.mark.parametrize("doc", DOCS, ids=doc_ids(DOCS))
 def test_every_script_and_benchmark_named_exists_with_the_options_shown(doc):
-    """scripts/..., python bench/... and pytest tests/... in blocks and prose: the file is there and
-    (for Python files) every --option shown is one it defines."""
+    """scripts/..., python bench/..., python -m MODULE and pytest tests/... in blocks and prose: the
+    file or module is there and (for benchmarks) every --option shown is one it defines."""
     texts = [b.text for b in doc_blocks(doc) if b.lang in ("sh", "bash", "shell", "")] + inline_code(doc)
     wrong = []
     for words in (w for text in texts for w in shell_commands(text)):
         args = words[1:] if words[0] in ("python", "python3", "pytest", ".venv/bin/pytest", "bash") else words
+        if words[0] in ("python", "python3") and words[1:2] == ["-m"] and importlib.util.find_spec(words[2]) is None:
+            wrong.append(f"{' '.join(words)}: no module {words[2]}")
         for i, word in enumerate(args):
             if not re.match(r"^(scripts|bench|tests|\.ci)/[\w./-]+$", word):
                 continue

@@ -31,6 +31,7 @@ sees the request (400, 408, 414, 431, 501) is application/problem+json.
 from __future__ import annotations
 
 import errno
+import io
 import json
 import selectors
 import socket
@@ -39,6 +40,7 @@ from functools import partial
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.http import errors as http_errors
+from gunicorn.http.body import LengthReader
 from gunicorn.workers.gthread import _DEFER, ThreadWorker
 
 from casstore.config import Settings
@@ -47,6 +49,7 @@ MAX_HEAD = 64 << 10  # a request head past this is refused (431, or 414 if the r
 MIN_RATE = 1024  # bytes/s a request body must average once GRACE seconds have passed
 GRACE = 30.0
 READ = 1 << 16
+READ_STEP = 1 << 20  # the largest single recv of a sized body read
 LINGER = 2.0  # seconds a closing connection is drained (RFC 9112 9.6), in the event loop, never blocking it
 
 # (exception class, status, title): the answers gunicorn's parser gives before the application.
@@ -96,21 +99,97 @@ class PacedSocket:
         self.stalled = False
 
     def recv(self, size: int) -> bytes:
+        data = self._paced(self._sock.recv, size)
+        self._received += len(data)
+        return data
+
+    def recv_into(self, buffer) -> int:
+        n = self._paced(self._sock.recv_into, buffer)
+        self._received += n
+        return n
+
+    def _paced(self, receive, arg):
         if self.stalled:  # once stalled, no drain of the rest either: the connection is closed
             raise TimeoutError("the client stalled")
         elapsed = time.monotonic() - self._started
         try:
             if elapsed > self._grace and self._received < self._min_rate * elapsed:
                 raise TimeoutError(f"request body slower than {self._min_rate} bytes/s")
-            data = self._sock.recv(size)
+            return receive(arg)
         except TimeoutError:
             self.stalled = True
             raise
-        self._received += len(data)
-        return data
 
     def __getattr__(self, name):
         return getattr(self._sock, name)
+
+
+class DirectBody:
+    """gunicorn's request body with ``readinto``: a large body read straight from the socket.
+
+    gunicorn's Body copies every byte four times on its way to the application
+    (recv, the unreader's buffer, the reader's slice, the body's buffer) and
+    reads ahead up to 1 MiB: 0.47 to 0.68 s per GiB on one core here, against
+    0.18 s for recv_into a buffer the caller owns (measured over a socketpair,
+    1 GiB read in chunk-sized pieces). The chunks of a large file are read with
+    ``readinto``, sized reads with plain recv; unsized reads, chunked bodies and
+    any byte gunicorn already holds still go through gunicorn's reader. Its
+    remaining length is kept exact, so keep-alive and the drain of an unread
+    rest work as before.
+    """
+
+    def __init__(self, body, sock: PacedSocket) -> None:
+        self._body, self._sock = body, sock
+
+    def readinto(self, buffer) -> int:
+        if not isinstance(self._body.reader, LengthReader):
+            return _copy_into(buffer, self._body.read(len(buffer)))
+        held = self._held()
+        if held:  # what gunicorn holds comes first, and only that: no read-ahead refills it
+            return _copy_into(buffer, self._body.read(min(len(buffer), held)))
+        want = min(len(buffer), self._body.reader.length)
+        return self._recv(self._sock.recv_into, memoryview(buffer)[:want]) if want > 0 else 0
+
+    def read(self, size=None) -> bytes:
+        """``size`` bytes (fewer only at the end)."""
+        if size is None or size < 0 or not isinstance(self._body.reader, LengthReader):
+            return self._body.read(size)
+        want, parts = min(size, self._body.buf.tell() + self._body.reader.length), []
+        while want > 0:
+            held = self._held()
+            data = self._body.read(min(want, held)) if held else self._recv(self._sock.recv, min(want, READ_STEP))
+            if not data:
+                break
+            parts.append(data)
+            want -= len(data)
+        return b"".join(parts)
+
+    def _held(self) -> int:
+        """Bytes of this body gunicorn read from the socket already (its buffers may also hold
+        the start of a pipelined request: only up to the body's length counts)."""
+        unreader = self._body.reader.unreader
+        unreader.buf.seek(0, io.SEEK_END)
+        return self._body.buf.tell() + min(unreader.buf.tell(), self._body.reader.length)
+
+    def _recv(self, receive, arg):
+        try:
+            got = receive(arg)
+        except BaseException:
+            self._body.failed = True  # where the next request starts is unknown: gunicorn closes
+            raise
+        self._body.reader.length -= got if isinstance(got, int) else len(got)
+        return got
+
+    def __getattr__(self, name):  # read, readline, iteration: gunicorn's own
+        return getattr(self._body, name)
+
+    def __iter__(self):
+        return iter(self._body)
+
+
+def _copy_into(buffer, data: bytes) -> int:
+    buffer[:len(data)] = data
+    return len(data)
 
 
 class GuardedWorker(ThreadWorker):
@@ -242,6 +321,7 @@ class GuardedWorker(ThreadWorker):
         conn.sock.settimeout(self.io_timeout)  # every read and write of this request: at most io_timeout
         unreader = conn.parser.unreader
         unreader.sock = paced = PacedSocket(conn.sock)
+        req.body = DirectBody(req.body, paced)
         try:
             keepalive = super().handle_request(req, conn)
         finally:

@@ -50,6 +50,32 @@ class RequestBody:
         self.received += len(data)
         return data
 
+    def readinto(self, buffer) -> int:
+        """Fill ``buffer`` as far as one read goes (the server's readinto if it has one: no copy)."""
+        size = len(buffer)
+        if self.announced_size is not None:
+            size = min(size, self.announced_size - self.received)
+            if size <= 0:
+                return 0
+        readinto = getattr(self._stream, "readinto", None)
+        if readinto is None:
+            data = self.read(size)
+            buffer[:len(data)] = data
+            return len(data)
+        try:
+            n = readinto(memoryview(buffer)[:size])
+        except CasstoreError:
+            raise
+        except Exception as exc:
+            raise IncompleteBody(f"the request body could not be read after {self.received} bytes "
+                                 f"({type(exc).__name__})", received=self.received) from exc
+        if not n and self.announced_size is not None:
+            raise IncompleteBody(f"the body ended after {self.received} of the {self.announced_size} bytes "
+                                 "its Content-Length announced", received=self.received,
+                                 announced=self.announced_size)
+        self.received += n or 0
+        return n or 0
+
     def chunks(self, size: int = CHUNK) -> Iterator[bytes]:
         """The whole body, ``size`` bytes at a time."""
         while data := self.read(size):

@@ -295,11 +295,9 @@ class ChunkStore:
     def _segments(self, sha: str, pos: int, end: int) -> tuple[list[tuple[str, int, int]], int]:
         """The coalesced object ranges for up to READ_PAGE chunks from ``pos``; and where they stop."""
         bc, ch = BlobChunk.__table__, Chunk.__table__
-        with self.db.read() as session:
-            conn = session.connection()
-            first = conn.execute(select(func.max(bc.c.offset)).where(bc.c.blob_sha256 == sha,
-                                                                      bc.c.offset <= pos)).scalar()
-            rows = [] if first is None else conn.execute(
+        first = select(func.max(bc.c.offset)).where(bc.c.blob_sha256 == sha, bc.c.offset <= pos).scalar_subquery()
+        with self.db.read() as session:  # one query (a third of the time of two, on SQLite)
+            rows = session.connection().execute(
                 select(bc.c.offset, ch.c.size, ch.c.object_key, ch.c.offset)
                 .join(ch, ch.c.id == bc.c.chunk_id)
                 .where(bc.c.blob_sha256 == sha, bc.c.offset >= first, bc.c.offset < end)

@@ -127,6 +127,25 @@ class TarReader:
         self._left = 0
         return data
 
+    def read_member(self) -> bytes | bytearray:
+        """All of the current member's data, into a buffer of its own: read with the stream's
+        ``readinto`` if it has one (a large chunk then costs one copy, from the socket)."""
+        readinto = getattr(self._raw, "readinto", None)
+        if readinto is None or self._left < READ:
+            return self.read_small()
+        out, n = bytearray(self._left), self._left
+        have = min(n, len(self._buf) - self._pos)
+        out[:have] = self._buf[self._pos:self._pos + have]
+        self._pos += have
+        view = memoryview(out)
+        while have < n:
+            got = readinto(view[have:])
+            if not got:
+                raise InvalidInput("the tar stream ends in the middle of a member")
+            have += got
+        self._left = 0
+        return out
+
     def chunks(self) -> Iterator[bytes]:
         """The current member's data, CHUNK bytes at a time."""
         while self._left:

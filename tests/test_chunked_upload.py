@@ -132,6 +132,13 @@ def test_cli_sends_only_new_chunks_of_a_changed_capture(server, store, tmp_path)
         got = server.get(result["package_id"], "raw/capture.bin").content
         assert hashlib.sha256(got).hexdigest() == sha(data)
     assert store.verify.run(deep=True).findings == []
+    # the client never hashed the captures: the digests the server computed were cached, so an
+    # unchanged run compares equal to its finalized package without reading its capture again
+    proc = subprocess.run([sys.executable, "-m", "artifact_store.cli", "ingest", str(runs[1][0]), "--quiet"],
+                          env=env, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    again = json.loads(proc.stdout)
+    assert (again["package_id"], again["manifest_digest"], again["new_bytes"]) == (
+        results[1]["package_id"], results[1]["manifest_digest"], 0)
 
 
 def test_chunks_cut_by_another_chunker_are_refused(server, store):
@@ -145,3 +152,25 @@ def test_chunks_cut_by_another_chunker_are_refused(server, store):
     assert body["chunker"] == chunking.CHUNKER
     with store.db.engine.connect() as conn:
         assert conn.execute(text("SELECT COUNT(*) FROM blob")).scalar() == 0
+
+
+def test_a_finalized_run_is_compared_with_its_captures_without_the_cache(server, tmp_path):
+    """Large files are hashed here only when a package must be compared path by path."""
+    root = tmp_path / "run"
+    (root / "raw").mkdir(parents=True)
+    (root / "run.json").write_text(json.dumps({"schema": "guide-board.run/v1", "run_id": "cmp"}))
+    capture = os.urandom(20 * MIB)
+    (root / "raw" / "capture.bin").write_bytes(capture)
+
+    def ingest(cache: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "ARTIFACT_STORE_URL": server.url, "XDG_CACHE_HOME": str(tmp_path / cache)}
+        return subprocess.run([sys.executable, "-m", "artifact_store.cli", "ingest", str(root), "--quiet"], env=env,
+                              capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+    first = json.loads(ingest("cache-1").stdout)
+    same = json.loads(ingest("cache-2").stdout)  # no cache: the capture is hashed to compare
+    assert (same["package_id"], same["new_bytes"]) == (first["package_id"], 0)
+    (root / "raw" / "capture.bin").write_bytes(capture[:-1] + bytes([capture[-1] ^ 1]))
+    changed = ingest("cache-3")
+    assert changed.returncode == 2
+    assert "raw/capture.bin (sha256" in changed.stderr

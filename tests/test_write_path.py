@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -260,3 +261,96 @@ def test_same_new_bytes_by_put_and_tar_at_once_leave_verify_clean(request, where
     report = store.verify.run(deep=True)
     assert report.ok, [f.line() for f in report.findings][:20]
     assert not [k for k in remaining_keys(store.storage) if k.startswith("staging/")]
+
+
+def chunk_upload(tmp_path, name: str, mib: int, damage: bool = False) -> tuple[bytes, bytes]:
+    """(the file's bytes, the body of its chunk upload sending every chunk); ``damage`` flips a byte
+    of the last chunk, whose id then does not match."""
+    from artifact_store.producer import chunked
+
+    data = os.urandom(mib << 20)
+    path = tmp_path / name
+    path.write_bytes(data)
+    recipe = chunked.recipe_of(str(path))
+    _, stream = chunked.body_of(str(path), recipe, {e.chunk_id for e in recipe}, None)
+    body = b"".join(stream)
+    if damage:
+        body = body[:-2000] + bytes([body[-2000] ^ 1]) + body[-1999:]
+    return data, body
+
+
+def chunk_head(pkg: str, path: str, body: bytes, close: bool = False) -> bytes:
+    return (f"POST /v1/packages/{pkg}/chunked/{path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+            + ("Connection: close\r\n" if close else "") + "\r\n").encode()
+
+
+def test_a_chunk_upload_cut_short_is_refused(served, tmp_path):
+    server, store = served
+    pkg = new_package(server)
+    _, body = chunk_upload(tmp_path, "capture.bin", 12)
+    before = snapshot(store)
+    status, headers, answer = raw_exchange(server.port, chunk_head(pkg, "capture.bin", body, close=True).decode(),
+                                           [body[:len(body) * 6 // 10]])
+    problem = assert_refused_and_nothing_left(served, status, headers, answer, 400, before)
+    assert problem["title"] == "Incomplete body"
+
+
+def test_chunk_uploads_keep_a_kept_alive_connection_in_step(served, tmp_path):
+    """Chunk bodies are read from the socket past gunicorn's reader (artifact_store/server.py,
+    DirectBody): the bytes that came with the head come first, and a body the application
+    stops reading (a damaged chunk: 422) is drained to its end, so the next request on the
+    same connection is read from its first byte."""
+    server, _ = served
+    pkg = new_package(server)
+    good, good_body = chunk_upload(tmp_path, "good.bin", 12)
+    _, bad_body = chunk_upload(tmp_path, "bad.bin", 12, damage=True)
+    first = chunk_head(pkg, "good.bin", good_body) + good_body[:100_000]  # part of the body with the head
+    rest = [good_body[100_000:5 << 20], good_body[5 << 20:]]
+    then = [chunk_head(pkg, "bad.bin", bad_body) + bad_body,
+            b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"]
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as conn:
+        def send() -> None:
+            conn.sendall(first)
+            for part in rest + then:
+                time.sleep(0.05)
+                conn.sendall(part)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        answers = read_answers(conn, 3)
+        sender.join()
+    assert [status for status, _ in answers] == [201, 422, 200], answers
+    assert json.loads(answers[0][1])["sha256"] == sha(good)
+    assert json.loads(answers[1][1])["title"] == "Digest mismatch"
+    assert json.loads(answers[2][1])["status"] == "ok"
+    download = requests.get(f"{server.url}/v1/packages/{pkg}/files/good.bin", timeout=30)
+    assert download.content == good
+    assert requests.get(f"{server.url}/v1/packages/{pkg}/files/bad.bin", timeout=10).status_code == 404
+
+
+def read_answers(conn: socket.socket, count: int) -> list[tuple[int, bytes]]:
+    """``count`` HTTP answers read in turn from one connection: (status, body)."""
+    import http.client
+
+    class Shared:  # every answer reads from the same buffered stream (none swallows the next) and
+        def __init__(self, stream) -> None:  # none closes it
+            self.stream = stream
+
+        def __getattr__(self, name):
+            return getattr(self.stream, name)
+
+        def close(self) -> None:
+            pass
+
+    stream = Shared(conn.makefile("rb"))
+
+    class OneReader:
+        def makefile(self, *_args, **_kwargs):
+            return stream
+
+    answers = []
+    for _ in range(count):
+        response = http.client.HTTPResponse(OneReader())
+        response.begin()
+        answers.append((response.status, response.read()))
+    return answers

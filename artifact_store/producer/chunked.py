@@ -12,11 +12,9 @@ back with pread when its turn comes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 from casstore import chunking
 from casstore.tarstream import END_OF_ARCHIVE, member_header, padding
@@ -28,43 +26,24 @@ ATTEMPTS = 10
 
 
 def recipe_of(path: str, on_bytes=None) -> list[chunking.RecipeEntry]:
-    """Cut a file into the store's chunks: (id, offset, size) in file order."""
-    return sha256_and_recipe(path, on_bytes, sha=False)[1]
+    """Cut a file into the store's chunks: (id, offset, size) in file order, one streaming read."""
+    with open(path, "rb", buffering=0) as f:
+        reader = f if on_bytes is None else _Counted(f, on_bytes)
+        return [chunking.RecipeEntry(chunking.chunk_id(c.data), c.offset, c.length)
+                for c in chunking.new_cutter().cut_stream(reader)]
 
 
-class _HashingFile:
-    """A raw file whose reads are also fed to SHA-256 on a helper thread (one read behind),
-    while the caller's thread cuts and derives chunk ids: one pass over the file for both."""
+class _Counted:
+    """A raw file whose reads are reported to ``on_bytes`` (a progress bar)."""
 
-    def __init__(self, f, pool, on_bytes) -> None:
-        self._f, self._pool, self._on_bytes = f, pool, on_bytes
-        self.sha = hashlib.sha256() if pool is not None else None
-        self._pending = None
+    def __init__(self, f, on_bytes) -> None:
+        self._f, self._on_bytes = f, on_bytes
 
     def readinto(self, dest) -> int:
         n = self._f.readinto(dest)
-        if n and self.sha is not None:
-            piece = bytes(dest[:n])  # the chunker reuses its buffer: hash a copy
-            if self._pending is not None:
-                self._pending.result()
-            self._pending = self._pool.submit(self.sha.update, piece)
-        if n and self._on_bytes is not None:
+        if n:
             self._on_bytes(n)
         return n
-
-    def hexdigest(self) -> str:
-        if self._pending is not None:
-            self._pending.result()
-        return self.sha.hexdigest()
-
-
-def sha256_and_recipe(path: str, on_bytes=None, sha: bool = True) -> tuple[str | None, list[chunking.RecipeEntry]]:
-    """One read of a large file: its SHA-256 (if asked) and its recipe."""
-    with open(path, "rb", buffering=0) as f, ThreadPoolExecutor(1) as pool:
-        reader = _HashingFile(f, pool if sha else None, on_bytes)
-        recipe = [chunking.RecipeEntry(chunking.chunk_id(c.data), c.offset, c.length)
-                  for c in chunking.new_cutter().cut_stream(reader)]
-        return (reader.hexdigest() if sha else None), recipe
 
 
 def missing_chunks(client: StoreClient, recipe: list[chunking.RecipeEntry]) -> set[str]:
@@ -103,10 +82,10 @@ def body_of(path: str, recipe: list[chunking.RecipeEntry], send: set[str],
     return size, stream()
 
 
-def upload(client: StoreClient, package_id: str, rel_path: str, abspath: str, sha256: str,
+def upload(client: StoreClient, package_id: str, rel_path: str, abspath: str, sha256: str | None,
            replace: bool, races=None, recipe: list[chunking.RecipeEntry] | None = None) -> tuple[dict, int]:
-    """Send one large file (its recipe, if cut already while hashing); returns (the entry the
-    server recorded, bytes of chunks sent)."""
+    """Send one large file (its recipe, if cut already); returns (the entry the server recorded,
+    bytes of chunks sent). ``sha256``, if known, is sent for the server to check."""
     recipe = recipe if recipe is not None else recipe_of(abspath)
     send = missing_chunks(client, recipe)
     for attempt in range(ATTEMPTS):

@@ -146,10 +146,14 @@ class StoreClient:
     def missing_chunks(self, ids: list[str]) -> set[str]:
         return set(self.request("POST", "/v1/chunks/missing", json_body={"chunks": ids})["missing"])
 
-    def upload_chunked(self, package_id: str, path: str, body, size: int, sha256: str, replace: bool) -> dict:
+    def upload_chunked(self, package_id: str, path: str, body, size: int, sha256: str | None,
+                       replace: bool) -> dict:
         """Send a large file as its recipe and the chunks the store lacks (a tar streamed from
-        ``body``, an iterable of byte strings of ``size`` bytes in all)."""
-        headers = {"Content-Length": str(size), "X-Checksum-Sha256": sha256, "Content-Type": "application/x-tar"}
+        ``body``, an iterable of byte strings of ``size`` bytes in all); with ``sha256``, the
+        server refuses the file unless its bytes have that digest."""
+        headers = {"Content-Length": str(size), "Content-Type": "application/x-tar"}
+        if sha256 is not None:
+            headers["X-Checksum-Sha256"] = sha256
         return self.request("POST", f"/v1/packages/{package_id}/chunked/{quote(path, safe='/')}", body=body,
                             headers=headers, query={"replace": "true"} if replace else None)
 

@@ -4,7 +4,10 @@ The flow, each step idempotent so that a run interrupted anywhere finishes
 the same package when started again:
 
 1. hash every file locally (a cache keyed by path, size, mtime and inode skips
-   unchanged files), in parallel;
+   unchanged files), in parallel; a large file is only cut into its chunks
+   (chunked.py): its SHA-256 is the server's to compute from the chunks, and
+   the client hashing it too cost 0.65 s of CPU per GiB for nothing the
+   server may trust (it is cached once the server answers);
 2. find the run's live package (producer + run_id) or create it;
    a finalized one is compared with the run: identical -> done, nothing sent;
    different -> IngestConflict naming the paths, nothing changed;
@@ -15,11 +18,12 @@ the same package when started again:
 5. upload each missing digest once: small files as tar batches (one request
    and one transaction per batch, built here while earlier batches travel),
    large ones as their chunks (chunked.py: cut here, only the chunks the store
-   lacks are sent) or, up to chunking.THRESHOLD, streamed with PUT, ``jobs`` at a time; every body carries its
-   SHA-256 so the server proves what it received, and every file's digest
-   the server computed is compared with ours (a file that changed while we
-   read it is an error, not a silent mix); files that repeat an uploaded
-   digest are attached afterwards;
+   lacks are sent) or, up to chunking.THRESHOLD, streamed with PUT, ``jobs`` at a time; every
+   other body carries its SHA-256 so the server proves what it received, and
+   every file's digest the server computed is compared with ours (a file that
+   changed while we read it is an error, not a silent mix; a chunk that changed
+   no longer matches its id, which the server checks); files that repeat an
+   uploaded digest are attached afterwards;
 6. finalize.
 """
 
@@ -122,11 +126,11 @@ class Ingestor:
         digests = self.cache.lookup(files)
         todo = [f for f in files if f.path not in digests]
         with self.progress.bar("hashing", sum(f.size for f in todo)) as bar:
-            def one(f: LocalFile) -> tuple[LocalFile, str]:
+            def one(f: LocalFile) -> tuple[LocalFile, str | None]:
                 try:
-                    if f.size > chunking.THRESHOLD:  # one read: the digest and the chunks it may need to send
-                        digest, self._recipes[f.path] = chunked.sha256_and_recipe(f.abspath, bar.update)
-                        return f, digest
+                    if f.size > chunking.THRESHOLD:  # its chunks; the server computes its digest
+                        self._recipes[f.path] = chunked.recipe_of(f.abspath, bar.update)
+                        return f, None
                     return f, sha256_file(f.abspath, bar.update)
                 except OSError as exc:
                     raise RunDirError(f"cannot read {f.path}: {exc.strerror or exc}") from exc
@@ -138,9 +142,24 @@ class Ingestor:
                 running = [pool.submit(one, f) for f in big]
                 hashed = self._hash_small([f for f in todo if f.size <= SMALL_FILE], bar.update)
                 hashed += [job.result() for job in running]
-        self.cache.store(hashed)
+        self.cache.store([(f, d) for f, d in hashed if d is not None])
         digests.update((f.path, d) for f, d in hashed)
         return digests
+
+    def known(self, digests: dict, files: Iterable[LocalFile]) -> None:
+        """Hash, here, the large files among ``files`` whose digest is not known yet (a finalized
+        or half-sent package is compared path by path)."""
+        for f in files:
+            if digests.get(f.path, "") is None:
+                digests[f.path] = self._sha256(f)
+
+    def _sha256(self, f: LocalFile) -> str:
+        try:
+            digest = sha256_file(f.abspath, lambda n: None)
+        except OSError as exc:
+            raise RunDirError(f"cannot read {f.path}: {exc.strerror or exc}") from exc
+        self.cache.store([(f, digest)])
+        return digest
 
     def _hash_small(self, files: list[LocalFile], on_bytes: Callable[[int], None]) -> list[tuple[LocalFile, str]]:
         """Hash small files in one read each, keeping their bytes (within KEEP_BYTES) for the upload."""
@@ -177,7 +196,8 @@ class Ingestor:
                 return self.client.package(exc.problem["package_id"])
             raise
 
-    def check_finalized(self, package: dict, digests: dict[str, str]) -> None:
+    def check_finalized(self, package: dict, digests: dict[str, str | None]) -> None:
+        self.known(digests, self.run.files)
         manifest = self.client.manifest(package["id"])
         stored = {f["path"]: f["sha256"] for f in manifest["files"]}
         differ = sorted(p for p in set(stored) | set(digests) if stored.get(p) != digests.get(p))
@@ -193,7 +213,7 @@ class Ingestor:
     def missing(self, digests: dict[str, str]) -> set[str]:
         """Which of the run's digests the store lacks, MISSING_BATCH a request."""
         missing: set[str] = set()
-        for batch in batched(sorted(set(digests.values())), MISSING_BATCH):
+        for batch in batched(sorted({d for d in digests.values() if d is not None}), MISSING_BATCH):
             missing |= self.client.missing(batch)
         return missing
 
@@ -206,13 +226,14 @@ class Ingestor:
             raise IngestConflict(
                 f"package {package_id} already holds {len(extra)} file(s) that are not in the run directory "
                 f"(first: {extra[:5]}); restore them or give the run a new run_id")
-        todo = [f for f in self.run.files if held.get(f.path, {}).get("sha256") != digests[f.path]]
+        self.known(digests, [f for f in self.run.files if f.path in held])  # resumed: compare as well
+        todo = [f for f in self.run.files if f.path not in held or held[f.path]["sha256"] != digests[f.path]]
         replace = {f.path for f in todo if f.path in held}
         first_of: dict[str, LocalFile] = {}
         for f in todo:
             if digests[f.path] in missing:
                 first_of.setdefault(digests[f.path], f)
-        uploads = list(first_of.values())
+        uploads = list(first_of.values()) + [f for f in todo if digests[f.path] is None]
         uploaded = {f.path for f in uploads}
         later = [f for f in todo if f.path not in uploaded]
         raced = self._attach([f for f in later if digests[f.path] not in missing], digests, replace)
@@ -255,9 +276,12 @@ class Ingestor:
             def send_file(f: LocalFile) -> None:
                 # X-Checksum-Sha256 goes with it: a file that changed is refused (422)
                 if f.size > chunking.THRESHOLD:  # only the chunks the store lacks (chunked.py)
-                    _entry, sent = chunked.upload(self.client, package_id, f.path, f.abspath, digests[f.path],
-                                                  f.path in replace, recipe=self._recipes.pop(f.path, None))
+                    entry, sent = chunked.upload(self.client, package_id, f.path, f.abspath, digests[f.path],
+                                                 f.path in replace, recipe=self._recipes.pop(f.path, None))
                     saved.append(f.size - sent)
+                    if digests[f.path] is None:  # the digest the server computed from the chunks it verified
+                        digests[f.path] = entry["sha256"]
+                        self.cache.store([(f, entry["sha256"])])
                 else:
                     with open(f.abspath, "rb") as stream:
                         self.client.upload_file(package_id, f.path, stream, f.size, digests[f.path], None,

@@ -189,7 +189,7 @@ class FileService:
             for member in members:
                 if member.is_dir or member.size > chunking.MAX_SIZE or member.size == 0:
                     raise InvalidInput(f"tar member {member.name[:80]!r} is not a chunk")
-                yield member.name, tar.read_small()
+                yield member.name, tar.read_member()
             tar.finish()
 
         with BlobWriter(self.blobs, actor) as writer:

@@ -34,6 +34,7 @@ def test_compiled_chunker_and_domain_separated_ids():
     import pyfastcdc
 
     assert pyfastcdc.FastCDC.__module__.startswith("pyfastcdc.cy")
+    assert type(chunking.new_cutter()).__module__.startswith("pyfastcdc.cy")
     data = b"evidence" * 1000
     assert chunking.chunk_id(data) != blake3.blake3(data).hexdigest() != hashlib.sha256(data).hexdigest()
     assert chunking.CHUNKER == "fastcdc2020-min262144-avg1048576-max4194304-nc1-seed0-b3dk1"

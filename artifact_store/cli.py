@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import click
 
 from casstore.config import Settings
@@ -176,9 +178,17 @@ def _actor() -> str:
     return f"cli:{getpass.getuser()}@{socket.gethostname()}"
 
 
-def _fail(exc) -> None:
-    click.echo(f"error: {exc.detail}", err=True)
-    raise SystemExit(2)
+@contextmanager
+def _refused():
+    """A store error (a refusal: not eligible, unknown class, ...) ends the command with its
+    one-line detail on stderr and exit status 2, never a traceback."""
+    from casstore.errors import CasstoreError
+
+    try:
+        yield
+    except CasstoreError as exc:
+        click.echo(f"error: {exc.detail}", err=True)
+        raise SystemExit(2) from None
 
 
 def _when(value: str | None):
@@ -231,14 +241,10 @@ def retention_classes(ctx) -> None:
 @click.option("--reason", default="", help="Why (kept in the audit event).")
 def retention_classes_set(name: str, days: int | None, never: bool, reason: str) -> None:
     """Change a class's duration for packages created or finalized from now on."""
-    from casstore.errors import CasstoreError
-
     if (days is None) == (not never):
         raise click.UsageError("give exactly one of --days N or --never")
-    try:
+    with _refused():
         cls = _store().retention.set_class_days(name, None if never else days, actor=_actor(), reason=reason)
-    except CasstoreError as exc:
-        _fail(exc)
     click.echo(f"{cls.name}: {'never expires' if cls.days is None else f'{cls.days} days'}")
 
 
@@ -250,15 +256,11 @@ def retention_classes_set(name: str, days: int | None, never: bool, reason: str)
 @click.option("--reason", default="", help="Why (kept in the audit event).")
 def retention_classes_create(name: str, days: int | None, never: bool, description: str, reason: str) -> None:
     """Add a retention class (audited as retention_class.created)."""
-    from casstore.errors import CasstoreError
-
     if (days is None) == (not never):
         raise click.UsageError("give exactly one of --days N or --never")
-    try:
+    with _refused():
         cls = _store().retention.create_class(name, None if never else days, actor=_actor(), reason=reason,
                                               description=description)
-    except CasstoreError as exc:
-        _fail(exc)
     click.echo(f"{cls.name}: {'never expires' if cls.days is None else f'{cls.days} days'}")
 
 
@@ -286,12 +288,8 @@ def hold() -> None:
 @click.option("--reason", required=True, help="Why (kept on the hold and in the events).")
 def hold_add(package_id: str, reason: str) -> None:
     """Place a hold on a package; prints the hold as one JSON line (its id releases it)."""
-    from casstore.errors import CasstoreError
-
-    try:
+    with _refused():
         placed = _store().retention.place_hold(package_id, actor=_actor(), reason=reason)
-    except CasstoreError as exc:
-        _fail(exc)
     _echo_json(_hold_json(placed))
 
 
@@ -301,12 +299,8 @@ def hold_add(package_id: str, reason: str) -> None:
 @click.option("--reason", required=True, help="Why (kept on the hold and in the events).")
 def hold_release(package_id: str, hold_id: str, reason: str) -> None:
     """Release one hold of a package."""
-    from casstore.errors import CasstoreError
-
-    try:
+    with _refused():
         released = _store().retention.release_hold(package_id, hold_id, actor=_actor(), reason=reason)
-    except CasstoreError as exc:
-        _fail(exc)
     _echo_json(_hold_json(released))
 
 
@@ -324,15 +318,11 @@ def retention() -> None:
 def retention_extend(package_id: str, days: int | None, until: str | None, retention_class: str | None,
                      reason: str) -> None:
     """Extend a package's retention; a change that would shorten it is refused (exit 2)."""
-    from casstore.errors import CasstoreError
-
     if sum(v is not None for v in (days, until, retention_class)) != 1:
         raise click.UsageError("give exactly one of --days N, --until T or --class C")
-    try:
+    with _refused():
         status = _store().retention.extend(package_id, actor=_actor(), reason=reason, days=days,
                                            expires_at=_when(until), retention_class=retention_class)
-    except CasstoreError as exc:
-        _fail(exc)
     _echo_json({"package_id": status["package_id"], "retention_class": status["retention_class"],
                 "expires_at": status["expires_at"], "eligible": status["eligible"],
                 "not_eligible_because": status["not_eligible_because"]})
@@ -397,12 +387,8 @@ def eligibility(as_of: str | None, as_json: bool) -> None:
 @click.option("--reason", required=True, help="Why (kept in the retention and audit events).")
 def delete(package_id: str, reason: str) -> None:
     """Delete an eligible package (a tombstone stays). Its bytes go at the next `gc`."""
-    from casstore.errors import CasstoreError
-
-    try:
+    with _refused():
         package = _store().eligibility.delete(package_id, actor=_actor(), reason=reason)
-    except CasstoreError as exc:
-        _fail(exc)
     click.echo(f"{package.id} deleted; run `artifact-store gc` to free blobs nothing else holds")
 
 
@@ -417,13 +403,9 @@ def gc(orphan_grace: str, repack_grace: str, as_json: bool) -> None:
     safe while ingestion runs."""
     import json
 
-    from casstore.errors import CasstoreError
-
-    try:
+    with _refused():
         report = _store().gc.run(actor=_actor(), orphan_grace=_duration(orphan_grace),
                                  repack_grace=_duration(repack_grace))
-    except CasstoreError as exc:
-        _fail(exc)
     if as_json:
         click.echo(json.dumps({k: v for k, v in report.__dict__.items() if k != "removed"}))
     else:
@@ -484,14 +466,11 @@ def token_create(role: str, name: str, producers: tuple[str, ...], expires_in: f
     """Create a token; print one JSON line with its id, name, role and the token itself (shown only now)."""
     import json
 
-    from casstore.errors import CasstoreError
     from casstore.services.tokens import expiry_in_days
 
-    try:
+    with _refused():
         created, secret = _store().tokens.create(name=name, role=role, producers=list(producers),
                                                  expires_at=expiry_in_days(expires_in), actor=_actor())
-    except CasstoreError as exc:
-        _fail(exc)
     click.echo(json.dumps({**_token_json(created), "token": secret}))
 
 
@@ -510,12 +489,8 @@ def token_revoke(token_id: str) -> None:
     """Revoke a token: its next request is refused (401), on every server."""
     import json
 
-    from casstore.errors import CasstoreError
-
-    try:
+    with _refused():
         revoked = _store().tokens.revoke(token_id, actor=_actor())
-    except CasstoreError as exc:
-        _fail(exc)
     click.echo(json.dumps(_token_json(revoked)))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from flask import Flask
 from werkzeug.routing import PathConverter
 
+from casstore import chunking
 from casstore.config import Settings
 from casstore.paths import MAX_PATH_BYTES
 from casstore.store import Store
@@ -64,6 +65,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.url_map.converters["anypath"] = AnyPathConverter
     app.extensions["casstore"] = store = store or Store(settings)
     store.capabilities  # probe the backend's conditional writes now, not on the first request
+    chunking.require_compiled()  # large PUTs are cut here: no worker starts on the pure-Python chunker
     api = problems.ProblemApi(app, spec_kwargs={"info": {"description": DESCRIPTION}})
     api.register_converter(AnyPathConverter, lambda _converter: {
         "type": "string", "minLength": 1, "maxLength": MAX_PATH_BYTES, "pattern": schemas.PATH_PATTERN,

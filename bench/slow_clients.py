@@ -45,16 +45,23 @@ class Hostile:
         self.opened = self.closed_by_server = self.answered_408 = self.refused = 0
         self.stop = asyncio.Event()
 
+    async def connect(self):
+        """A new connection (counted), or None after a refusal (counted, then a short wait)."""
+        try:
+            opened = await asyncio.open_connection("127.0.0.1", self.port)
+        except OSError:
+            self.refused += 1
+            await asyncio.sleep(0.5)
+            return None
+        self.opened += 1
+        return opened
+
     async def slow(self) -> None:
         """One slowloris connection after another: a header line every 2 s, never the blank line."""
         while not self.stop.is_set():
-            try:
-                reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-            except OSError:
-                self.refused += 1
-                await asyncio.sleep(0.5)
+            if (opened := await self.connect()) is None:
                 continue
-            self.opened += 1
+            reader, writer = opened
             try:
                 writer.write(b"GET /v1/health HTTP/1.1\r\nHost: bench\r\n")
                 i = 0
@@ -78,13 +85,9 @@ class Hostile:
     async def idle(self) -> None:
         """Sockets that connect and never send a byte."""
         while not self.stop.is_set():
-            try:
-                reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-            except OSError:
-                self.refused += 1
-                await asyncio.sleep(0.5)
+            if (opened := await self.connect()) is None:
                 continue
-            self.opened += 1
+            reader, writer = opened
             try:
                 stop = asyncio.ensure_future(self.stop.wait())
                 read = asyncio.ensure_future(reader.read(1))

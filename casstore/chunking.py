@@ -54,6 +54,12 @@ def new_cutter():
                                normalized_chunking=NORMALIZATION, seed=SEED)
 
 
+def require_compiled() -> None:
+    """Raise ImportError now unless pyfastcdc's compiled chunker loads (a server calls this at
+    start-up: it cuts large PUTs, and must refuse to start rather than fail its first one)."""
+    _compiled_fastcdc()
+
+
 @cache
 def _compiled_fastcdc():
     """pyfastcdc's compiled chunker, imported on first use (6 ms of every CLI start otherwise,

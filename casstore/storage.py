@@ -380,7 +380,7 @@ class LocalStorage(ObjectStorage):
 
     def _tidy(self, prefix: str) -> None:
         """obstore leaves the folders of deleted objects: remove the probe's folder once empty
-        (a concurrent write into it recreates it: obstore makes missing parents and retries)."""
+        (a concurrent write into it recreates it: obstore and put_stream make missing parents and retry)."""
         try:
             os.rmdir(os.path.join(self.root, prefix))
         except OSError:
@@ -391,10 +391,9 @@ class LocalStorage(ObjectStorage):
         own scheme, so ``stray_writes`` finds a write cut short). obstore's local put buffered
         36 MiB of a 512 MiB stream in parts (a server's peak memory); this holds one piece."""
         path = os.path.join(self.root, key)
-        temp = f"{path}#{secrets.token_hex(8)}"
+        temp = f"{path}#{secrets.randbelow(10**18)}"  # digits only: obstore (list) skips exactly those
         try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = self._create_temp(temp)
             try:
                 for piece in chunks:
                     view = memoryview(piece)
@@ -411,6 +410,19 @@ class LocalStorage(ObjectStorage):
             if isinstance(exc, OSError):
                 raise StorageError(f"storage backend failed on {key}: {exc}") from exc
             raise
+
+    @staticmethod
+    def _create_temp(temp: str) -> int:
+        """Open a new temporary file, making its folders; once more if a concurrent tidy (a probe's
+        ``_tidy``) removed an emptied folder between the two."""
+        for attempt in (1, 2):
+            os.makedirs(os.path.dirname(temp), exist_ok=True)
+            try:
+                return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def head(self, key: str) -> ObjectInfo | None:
         """A stat(2) of the object's file: the same answer as obstore's head, 40x faster

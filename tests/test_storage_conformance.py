@@ -11,6 +11,7 @@ conditional writes off, and taken by RGW's copies, which lack copy-if-not-exists
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 
@@ -154,6 +155,30 @@ def test_put_stream_overwrites_atomically(storage):
     storage.put_stream("o", [b"new", b"er"])
     assert b"".join(storage.get("o")) == b"newer"
     storage.delete("o")
+
+
+def test_a_write_in_progress_is_invisible_to_list_and_head(storage):
+    """verify and gc list the backend while ingests write: a half-written object (a local
+    temporary file, an open multipart upload) must not look like an object."""
+    started, proceed, seen = threading.Event(), threading.Event(), {}
+
+    def pieces():
+        yield b"x" * (1 << 20)
+        started.set()
+        proceed.wait(30)
+        yield b"y"
+
+    writer = threading.Thread(target=storage.put_stream, args=("w/obj", pieces()))
+    writer.start()
+    try:
+        assert started.wait(30)
+        seen = {"list": sorted(i.key for i in storage.list("w/")), "head": storage.head("w/obj")}
+    finally:
+        proceed.set()
+        writer.join(30)
+    assert seen == {"list": [], "head": None}
+    assert [i.key for i in storage.list("w/")] == ["w/obj"] and storage.head("w/obj").size == (1 << 20) + 1
+    storage.delete("w/obj")
 
 
 def test_list_by_prefix(storage):

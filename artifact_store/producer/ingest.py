@@ -21,9 +21,10 @@ the same package when started again:
    lacks are sent) or, up to chunking.THRESHOLD, streamed with PUT, ``jobs`` at a time; every
    other body carries its SHA-256 so the server proves what it received, and
    every file's digest the server computed is compared with ours (a file that
-   changed while we read it is an error, not a silent mix; a chunk that changed
-   no longer matches its id, which the server checks); files that repeat an
-   uploaded digest are attached afterwards;
+   changed while we read it is an error, not a silent mix). A large file's
+   chunks are checked against their ids, so one that changed after it was cut
+   is refused; what the single cut read is what is recorded, as a hash would
+   have been. Files that repeat an uploaded digest are attached afterwards;
 6. finalize.
 """
 
@@ -118,7 +119,7 @@ class Ingestor:
         self.new_bytes = 0
         self._package_id = ""
         self._kept: dict[str, bytes] = {}  # path -> the very bytes hashed (so also the bytes sent)
-        self._recipes: dict[str, list] = {}  # path -> the chunks of a large file, cut while hashing it
+        self._recipes: dict[str, list] = {}  # path -> the chunks of a large file, cut in step 1
 
     # 1 ------------------------------------------------------------------------
     def hash_all(self) -> dict[str, str]:
@@ -148,18 +149,20 @@ class Ingestor:
 
     def known(self, digests: dict, files: Iterable[LocalFile]) -> None:
         """Hash, here, the large files among ``files`` whose digest is not known yet (a finalized
-        or half-sent package is compared path by path)."""
-        for f in files:
-            if digests.get(f.path, "") is None:
-                digests[f.path] = self._sha256(f)
+        or half-sent package is compared path by path), ``jobs`` at a time."""
+        todo = [f for f in files if digests.get(f.path, "") is None]
+        if not todo:
+            return
+        with self.progress.bar("hashing", sum(f.size for f in todo)) as bar, ThreadPoolExecutor(self.jobs) as pool:
+            def one(f: LocalFile) -> tuple[LocalFile, str]:
+                try:
+                    return f, sha256_file(f.abspath, bar.update)
+                except OSError as exc:
+                    raise RunDirError(f"cannot read {f.path}: {exc.strerror or exc}") from exc
 
-    def _sha256(self, f: LocalFile) -> str:
-        try:
-            digest = sha256_file(f.abspath, lambda n: None)
-        except OSError as exc:
-            raise RunDirError(f"cannot read {f.path}: {exc.strerror or exc}") from exc
-        self.cache.store([(f, digest)])
-        return digest
+            hashed = list(pool.map(one, todo))
+        self.cache.store(hashed)
+        digests.update((f.path, d) for f, d in hashed)
 
     def _hash_small(self, files: list[LocalFile], on_bytes: Callable[[int], None]) -> list[tuple[LocalFile, str]]:
         """Hash small files in one read each, keeping their bytes (within KEEP_BYTES) for the upload."""
@@ -274,7 +277,7 @@ class Ingestor:
                 bar.update(sum(f.size for f in batch))
 
             def send_file(f: LocalFile) -> None:
-                # X-Checksum-Sha256 goes with it: a file that changed is refused (422)
+                # with X-Checksum-Sha256 when we know it: a file that changed is refused (422)
                 if f.size > chunking.THRESHOLD:  # only the chunks the store lacks (chunked.py)
                     entry, sent = chunked.upload(self.client, package_id, f.path, f.abspath, digests[f.path],
                                                  f.path in replace, recipe=self._recipes.pop(f.path, None))

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import blake3
+import requests
 from sqlalchemy import text
 
 from artifact_store.producer import chunked
@@ -174,3 +175,21 @@ def test_a_finalized_run_is_compared_with_its_captures_without_the_cache(server,
     changed = ingest("cache-3")
     assert changed.returncode == 2
     assert "raw/capture.bin (sha256" in changed.stderr
+
+
+def test_copies_of_a_large_file_in_one_run_are_sent_once(server, tmp_path):
+    root = tmp_path / "run"
+    (root / "raw").mkdir(parents=True)
+    (root / "run.json").write_text(json.dumps({"schema": "guide-board.run/v1", "run_id": "twins"}))
+    capture = os.urandom(20 * MIB)
+    for name in ("a.bin", "b.bin", "c.bin"):
+        (root / "raw" / name).write_bytes(capture)
+    env = {**os.environ, "ARTIFACT_STORE_URL": server.url, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-m", "artifact_store.cli", "ingest", str(root), "--quiet", "--jobs", "3"],
+                          env=env, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["files"] == 4 and result["new_bytes"] < 21 * MIB  # one capture, not three
+    manifest = requests.get(f"{server.url}/v1/packages/{result['package_id']}/manifest", timeout=10).json()
+    assert {f["path"]: f["sha256"] for f in manifest["files"] if f["path"].endswith(".bin")} == {
+        f"raw/{n}": sha(capture) for n in ("a.bin", "b.bin", "c.bin")}

@@ -236,12 +236,30 @@ class Ingestor:
         for f in todo:
             if digests[f.path] in missing:
                 first_of.setdefault(digests[f.path], f)
-        uploads = list(first_of.values()) + [f for f in todo if digests[f.path] is None]
-        uploaded = {f.path for f in uploads}
+        cut, twins = self._same_cuts([f for f in todo if digests[f.path] is None])
+        uploads = list(first_of.values()) + cut
+        uploaded = {f.path for f in uploads} | {f.path for f, _ in twins}
         later = [f for f in todo if f.path not in uploaded]
         raced = self._attach([f for f in later if digests[f.path] not in missing], digests, replace)
         self._upload(uploads + raced, digests, replace)
-        self._attach([f for f in later if digests[f.path] in missing], digests, replace, strict=True)
+        for f, first in twins:  # the same chunks: the same bytes, now known by their digest
+            digests[f.path] = digests[first.path]
+        self.cache.store([(f, digests[f.path]) for f, _ in twins])
+        self._attach([f for f in later if digests[f.path] in missing] + [f for f, _ in twins], digests, replace,
+                     strict=True)
+
+    def _same_cuts(self, files: list[LocalFile]) -> tuple[list[LocalFile], list[tuple[LocalFile, LocalFile]]]:
+        """Large files not hashed here, one per content (the same chunk ids in the same order are
+        the same bytes): (those to upload, [(a copy, the file uploaded for it)])."""
+        first: dict[tuple, LocalFile] = {}
+        twins = []
+        for f in files:
+            cut = tuple(e.chunk_id for e in self._recipes.get(f.path, ())) or (f.path,)
+            if cut in first:
+                twins.append((f, first[cut]))
+            else:
+                first[cut] = f
+        return list(first.values()), twins
 
     def _attach(self, files: list[LocalFile], digests: dict[str, str], replace: set[str],
                 strict: bool = False) -> list[LocalFile]:

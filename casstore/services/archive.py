@@ -26,6 +26,7 @@ import bisect
 import json
 import re
 import tarfile
+from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from enum import Enum
@@ -37,11 +38,13 @@ from ..cas import BlobStore, Location
 from ..db import Database
 from ..errors import Gone, NotFound, ObjectMissing, RangeNotSatisfiable
 from ..models import Blob, FileEntry, Package, PackageStatus, StorageLocation
+from ._members import Members
 from .lookup import load_package
 
 BLOCK = 512
 END_OF_ARCHIVE = b"\0" * (2 * BLOCK)
 LAYOUT_VERSION = "1"
+ROWS_AT_ONCE = 2000  # (blob, location) rows fetched at a time while the layout is built
 
 
 class ArchiveFormat(str, Enum):
@@ -50,27 +53,6 @@ class ArchiveFormat(str, Enum):
 
 
 MEDIA_TYPES = {ArchiveFormat.TAR: "application/x-tar", ArchiveFormat.ZIP: "application/zip"}
-
-
-@dataclass(slots=True)
-class Member:
-    """One archive member: its name, its bytes (a location, or bytes in hand) and its place."""
-
-    name: str
-    size: int
-    location: Location | None  # None: ``data`` holds the bytes (the manifest)
-    data: bytes | None = None
-    offset: int = 0  # where its header starts in the tar
-    header_size: int = 0
-
-    @property
-    def data_start(self) -> int:
-        return self.offset + self.header_size
-
-    @property
-    def end(self) -> int:
-        """Where the next member starts (after the data's padding to a 512-byte block)."""
-        return self.data_start + -(-self.size // BLOCK) * BLOCK
 
 
 @dataclass
@@ -107,7 +89,7 @@ class Archive:
         return MEDIA_TYPES[self.format]
 
 
-def manifest_files(manifest: bytes) -> Iterator[dict]:
+def manifest_files(manifest: bytes | str) -> Iterator[dict]:
     """The manifest's file records one at a time, never all parsed at once.
 
     A canonical manifest starts ``{"file_count":N,"files":[`` (keys sorted, no
@@ -115,7 +97,7 @@ def manifest_files(manifest: bytes) -> Iterator[dict]:
     100,000-file package's layout is its members, not 100,000 dictionaries.
     Anything else is parsed whole.
     """
-    text = manifest.decode("utf-8")
+    text = manifest.decode("utf-8") if isinstance(manifest, bytes) else manifest
     head = re.match(r'\{"file_count":\d+,"files":\[', text)
     if head is None:
         yield from json.loads(text)["files"]
@@ -168,8 +150,12 @@ class ArchiveService:
         self.db = db
         self.blobs = blobs
 
-    def _members(self, package_id: str) -> tuple[Package, list[Member]]:
-        """The package and its members in archive order (manifest first), locations resolved."""
+    def _members(self, package_id: str) -> tuple[Package, Members]:
+        """The package and its members in archive order (manifest first), locations resolved.
+
+        The manifest's text is parsed into the compact members and dropped before the
+        (blob, location) rows are read, and those are streamed, not fetched all at once.
+        """
         with self.db.read() as session:
             package = load_package(session, package_id)
             if package.status == PackageStatus.DELETED:
@@ -178,32 +164,29 @@ class ArchiveService:
             if package.manifest_digest is None:
                 raise NotFound(f"package {package_id} is {package.status}: it has no archive until finalized",
                                package_id=package_id, package_status=package.status)
-            manifest_hex = package.manifest_digest.removeprefix("sha256:")
-            manifest_at = self.blobs.locate(session, manifest_hex)
-            rows = session.execute(
-                select(Blob.sha256, Blob.size, Blob.chunker, StorageLocation.object_key, StorageLocation.offset,
-                       StorageLocation.length)
-                .join(FileEntry, FileEntry.blob_sha256 == Blob.sha256)
-                .outerjoin(StorageLocation, StorageLocation.blob_sha256 == Blob.sha256)
-                .where(FileEntry.package_id == package_id).distinct())
-            keys: dict[str, str] = {}  # one string per pack object, not one per blob in it
-            where: dict[str, Location] = {}
-            for digest, size, chunker, key, offset, length in rows:
-                if chunker is not None:  # a chunked file: read through its recipe
-                    where[digest] = Location.of_recipe(digest, size)
-                elif key is not None:
-                    where[digest] = Location(keys.setdefault(key, key), offset, length)
+            manifest_at = self.blobs.locate(session, package.manifest_digest.removeprefix("sha256:"))
         if manifest_at is None:
             raise ObjectMissing(f"no location recorded for the manifest of {package_id}")
-        manifest = b"".join(self.blobs.read(manifest_at))
+        text, size = self._manifest_text(manifest_at)
         # read again when streamed: a request holds its layout, not the manifest's bytes
-        members = [Member(f"{package_id}.manifest.json", len(manifest), manifest_at)]
-        for f in manifest_files(manifest):
-            location = where.get(f["sha256"])
-            if location is None and f["size"]:
-                raise ObjectMissing(f"no location recorded for sha256:{f['sha256']} ({f['path']})")
-            members.append(Member(f"{package_id}/{f['path']}", f["size"], location))
+        members = Members(package_id, manifest_at, size)
+        numbers = members.add_files(manifest_files(text))
+        del text
+        blob, where, entry = Blob.__table__, StorageLocation.__table__, FileEntry.__table__
+        stmt = (select(blob.c.sha256, blob.c.size, blob.c.chunker, where.c.object_key, where.c.offset, where.c.length)
+                .join(entry, entry.c.blob_sha256 == blob.c.sha256)
+                .outerjoin(where, where.c.blob_sha256 == blob.c.sha256)
+                .where(entry.c.package_id == package_id).distinct())
+        with self.db.read() as session:
+            members.place(numbers, session.connection().execution_options(yield_per=ROWS_AT_ONCE).execute(stmt))
         return package, members
+
+    def _manifest_text(self, at: Location) -> tuple[str, int]:
+        """The manifest as text and its length in bytes, its bytes gone (never both twice)."""
+        buffer = bytearray()
+        for chunk in self.blobs.read(at):
+            buffer += chunk
+        return buffer.decode("utf-8"), len(buffer)
 
     # ------------------------------------------------------------------ tar
     def tar(self, package_id: str, byte_range: tuple[int, int | None] | None = None) -> Archive:
@@ -214,34 +197,34 @@ class ArchiveService:
         """
         package, members = self._members(package_id)
         mtime = int(package.finalized_at.timestamp())
-        offset = 0
-        for m in members:
-            m.offset, m.header_size = offset, header_size(m.name, m.size, mtime)
-            offset = m.end
-        size = offset + len(END_OF_ARCHIVE)
+        offsets = _tar_offsets(members, mtime)
+        size = offsets[-1] + len(END_OF_ARCHIVE)
 
         def slice_(start: int, end: int) -> Iterator[bytes]:
-            return self._tar_bytes(members, mtime, size, start, end)
+            return self._tar_bytes(members, offsets, mtime, start, end)
 
         whole = Archive(package.id, package.manifest_digest, ArchiveFormat.TAR, size, 0, size, slice_(0, size),
                         slice_)
         return whole.ranged(byte_range)
 
-    def _tar_bytes(self, members: list[Member], mtime: int, size: int, start: int, end: int) -> Iterator[bytes]:
+    def _tar_bytes(self, members: Members, offsets: array, mtime: int, start: int, end: int) -> Iterator[bytes]:
         """The bytes [start, end) of the tar, reading only the members that overlap them."""
         reader = MemberReader(self.blobs, members)
-        first = max(bisect.bisect_right([m.offset for m in members], start) - 1, 0)
+        first = max(bisect.bisect_right(offsets, start) - 1, 0)
         for i in range(first, len(members)):
-            m = members[i]
-            if m.offset >= end:
+            at = offsets[i]
+            if at >= end:
                 return
-            yield from _clip(tar_header(m.name, m.size, mtime), m.offset, start, end)
-            a, b = max(start, m.data_start), min(end, m.data_start + m.size)
+            name, size = members.name(i), members.sizes[i]
+            header = tar_header(name, size, mtime)
+            yield from _clip(header, at, start, end)
+            data_start = at + len(header)
+            a, b = max(start, data_start), min(end, data_start + size)
             if a < b:
-                yield from reader.data(i, a - m.data_start, b - m.data_start)
-            pad_start = m.data_start + m.size
-            yield from _clip(b"\0" * (m.end - pad_start), pad_start, start, end)
-        yield from _clip(END_OF_ARCHIVE, size - len(END_OF_ARCHIVE), start, end)
+                yield from reader.data(i, a - data_start, b - data_start)
+            pad_start = data_start + size
+            yield from _clip(b"\0" * (offsets[i + 1] - pad_start), pad_start, start, end)
+        yield from _clip(END_OF_ARCHIVE, offsets[-1], start, end)
 
     # ------------------------------------------------------------------ zip
     def zip(self, package_id: str) -> Archive:
@@ -251,18 +234,18 @@ class ArchiveService:
         package, members = self._members(package_id)
         reader = MemberReader(self.blobs, members)
         stream = FixedTimeZip(package.finalized_at)
-        for i, m in enumerate(members):
-            if m.size == 0 or m.data is not None:
-                stream.add(m.data or b"", m.name)
+        for i, size in enumerate(members.sizes):
+            if size == 0:
+                stream.add(b"", members.name(i))
             else:
-                stream.add(_lazy(reader, i), m.name, size=m.size)
+                stream.add(_lazy(reader, i), members.name(i), size=size)
         size = len(stream)
         return Archive(package.id, package.manifest_digest, ArchiveFormat.ZIP, size, 0, size, iter(stream))
 
 
 def _lazy(reader: "MemberReader", i: int) -> Iterator[bytes]:
     """A member's bytes, read only when the zip reaches it (one open blob at a time)."""
-    yield from reader.data(i, 0, reader.members[i].size)
+    yield from reader.data(i, 0, reader.members.sizes[i])
 
 
 class MemberReader:
@@ -279,7 +262,7 @@ class MemberReader:
 
     WINDOW = 8 << 20
 
-    def __init__(self, blobs: BlobStore, members: list[Member]) -> None:
+    def __init__(self, blobs: BlobStore, members: Members) -> None:
         self.blobs = blobs
         self.members = members
         self._key: str | None = None
@@ -288,17 +271,13 @@ class MemberReader:
 
     def data(self, i: int, a: int, b: int) -> Iterator[bytes]:
         """Bytes [a, b) of member i, checked to be as long as the manifest says."""
-        m = self.members[i]
-        if m.data is not None:
-            yield m.data[a:b]
-            return
-        at = m.location
+        at = self.members.location(i)
         if layout.is_pack_key(at.object_key) and at.length <= self.WINDOW:
             if not self._holds(at):
                 self._fill(i)
             piece = self._bytes[at.offset - self._start + a:at.offset - self._start + b]
             if len(piece) != b - a:
-                raise ObjectMissing(f"{m.name}: the pack holds {len(piece)} of its bytes [{a}, {b})")
+                raise ObjectMissing(f"{self.members.name(i)}: the pack holds {len(piece)} of its bytes [{a}, {b})")
             yield piece
             return
         sent = 0
@@ -306,7 +285,8 @@ class MemberReader:
             sent += len(chunk)
             yield chunk
         if sent != b - a:
-            raise ObjectMissing(f"{m.name}: the backend returned {sent} bytes where {b - a} were expected")
+            raise ObjectMissing(f"{self.members.name(i)}: the backend returned {sent} bytes where {b - a} "
+                                "were expected")
 
     def _holds(self, at: Location) -> bool:
         return (at.object_key == self._key and at.offset >= self._start
@@ -314,10 +294,10 @@ class MemberReader:
 
     def _fill(self, i: int) -> None:
         """Read the stretch of member i's pack that also covers the next members in that pack."""
-        at = self.members[i].location
+        at = self.members.location(i)
         start, end = at.offset, at.offset + at.length
-        for m in self.members[i + 1:]:
-            nxt = m.location
+        for j in range(i + 1, len(self.members)):
+            nxt = self.members.location(j)
             if nxt is None or nxt.object_key != at.object_key or nxt.offset < start:
                 break
             if nxt.offset + nxt.length - start > self.WINDOW:
@@ -325,6 +305,16 @@ class MemberReader:
             end = max(end, nxt.offset + nxt.length)
         self._key, self._start = at.object_key, start
         self._bytes = b"".join(self.blobs.read(Location(at.object_key, start, end - start)))
+
+
+def _tar_offsets(members: Members, mtime: int) -> array:
+    """Where each member's header starts, then where the end-of-archive marker starts (one pass)."""
+    offsets = array("q", [0])
+    at = 0
+    for i, size in enumerate(members.sizes):
+        at += header_size(members.name(i), size, mtime) + -(-size // BLOCK) * BLOCK
+        offsets.append(at)
+    return offsets
 
 
 def _clip(data: bytes, at: int, start: int, end: int) -> Iterator[bytes]:

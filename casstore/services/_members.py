@@ -13,7 +13,7 @@ only while the rows are read, and the manifest's text is gone by then.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from ..cas import Location
@@ -35,10 +35,10 @@ class Member:
 class Members:
     """Member 0 is the manifest; member i >= 1 is the manifest's file i - 1, in its order."""
 
-    def __init__(self, package_id: str, manifest_at: Location, manifest_size: int) -> None:
+    def __init__(self, package_id: str, manifest_at: Location) -> None:
         self.package_id = package_id
         self.manifest_at = manifest_at
-        self.sizes = array("q", [manifest_size])
+        self.sizes = array("q", [0])  # the manifest's: counted as it is read (counted())
         self._paths = bytearray()
         self._ends = array("q", [0])  # member i's path is _paths[_ends[i - 1]:_ends[i]]
         self._blob = array("l", [-1])  # member i's blob number
@@ -51,6 +51,12 @@ class Members:
 
     def __len__(self) -> int:
         return len(self.sizes)
+
+    def counted(self, manifest: Iterable[bytes]) -> Iterator[bytes]:
+        """The manifest's bytes, passed through, their number kept as member 0's size."""
+        for chunk in manifest:
+            self.sizes[0] += len(chunk)
+            yield chunk
 
     def add_files(self, records: Iterable[dict]) -> dict[bytes, int]:
         """Append the manifest's file records; returns each distinct digest's blob number."""

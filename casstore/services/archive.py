@@ -23,11 +23,12 @@ served (it would need every CRC before the first byte): resume with the tar.
 from __future__ import annotations
 
 import bisect
+import codecs
 import json
 import re
 import tarfile
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from enum import Enum
 
@@ -44,6 +45,7 @@ from .lookup import load_package
 BLOCK = 512
 END_OF_ARCHIVE = b"\0" * (2 * BLOCK)
 LAYOUT_VERSION = "1"
+TEXT_SLICE = 256 << 10  # bytes of the manifest decoded at a time
 ROWS_AT_ONCE = 2000  # (blob, location) rows fetched at a time while the layout is built
 
 
@@ -89,25 +91,54 @@ class Archive:
         return MEDIA_TYPES[self.format]
 
 
-def manifest_files(manifest: bytes | str) -> Iterator[dict]:
-    """The manifest's file records one at a time, never all parsed at once.
+HEAD = re.compile(r'\{"file_count":\d+,"files":\[')
+
+
+def manifest_files(manifest: bytes | Iterable[bytes]) -> Iterator[dict]:
+    """The manifest's file records one at a time, never all parsed nor all held at once.
 
     A canonical manifest starts ``{"file_count":N,"files":[`` (keys sorted, no
-    white space), so each record is decoded where it stands; the memory of a
-    100,000-file package's layout is its members, not 100,000 dictionaries.
-    Anything else is parsed whole.
+    white space), so each record is decoded where it stands, as its bytes
+    arrive: a request holds a chunk of the manifest and one record, not the
+    22 MiB (and as much again decoded) of a 100,000-file package's manifest.
+    A record is a JSON object, so it cannot parse before its closing brace has
+    arrived. Anything else is parsed whole.
     """
-    text = manifest.decode("utf-8") if isinstance(manifest, bytes) else manifest
-    head = re.match(r'\{"file_count":\d+,"files":\[', text)
+    pieces = _decoded([manifest] if isinstance(manifest, (bytes, bytearray)) else manifest)
+    text = ""
+    while len(text) < 64 and (piece := next(pieces, None)) is not None:
+        text += piece
+    head = HEAD.match(text)
     if head is None:
-        yield from json.loads(text)["files"]
+        yield from json.loads(text + "".join(pieces))["files"]
         return
-    decoder, at = json.JSONDecoder(), head.end()
-    while text[at] != "]":
-        record, at = decoder.raw_decode(text, at)
-        yield record
-        if text[at] == ",":
+    decoder, at, exhausted = json.JSONDecoder(), head.end(), False
+    while True:
+        if at < len(text) and text[at] == "]":
+            return
+        if at < len(text) and text[at] == ",":
             at += 1
+            continue
+        try:
+            record, at = decoder.raw_decode(text, at)
+        except json.JSONDecodeError:  # the record's end has not arrived yet (or never will)
+            piece = None if exhausted else next(pieces, None)
+            if piece is None:
+                raise
+            text, at = text[at:] + piece, 0
+            continue
+        yield record
+
+
+def _decoded(chunks: Iterable[bytes]) -> Iterator[str]:
+    """UTF-8 chunks as text a slice at a time (a read's chunk is 4 MiB), a character split
+    between two slices decoded whole."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    for chunk in chunks:
+        view = memoryview(chunk)
+        for at in range(0, len(view), TEXT_SLICE):
+            yield decoder.decode(view[at:at + TEXT_SLICE])
+    yield decoder.decode(b"", final=True)
 
 
 def _plain(name: str, size: int, mtime: int) -> bool:
@@ -167,11 +198,12 @@ class ArchiveService:
             manifest_at = self.blobs.locate(session, package.manifest_digest.removeprefix("sha256:"))
         if manifest_at is None:
             raise ObjectMissing(f"no location recorded for the manifest of {package_id}")
-        text, size = self._manifest_text(manifest_at)
         # read again when streamed: a request holds its layout, not the manifest's bytes
-        members = Members(package_id, manifest_at, size)
-        numbers = members.add_files(manifest_files(text))
-        del text
+        members = Members(package_id, manifest_at)
+        manifest = members.counted(self.blobs.read(manifest_at))
+        numbers = members.add_files(manifest_files(manifest))
+        for _ in manifest:  # what follows the files (the package's fields) counts too
+            pass
         blob, where, entry = Blob.__table__, StorageLocation.__table__, FileEntry.__table__
         stmt = (select(blob.c.sha256, blob.c.size, blob.c.chunker, where.c.object_key, where.c.offset, where.c.length)
                 .join(entry, entry.c.blob_sha256 == blob.c.sha256)
@@ -180,13 +212,6 @@ class ArchiveService:
         with self.db.read() as session:
             members.place(numbers, session.connection().execution_options(yield_per=ROWS_AT_ONCE).execute(stmt))
         return package, members
-
-    def _manifest_text(self, at: Location) -> tuple[str, int]:
-        """The manifest as text and its length in bytes, its bytes gone (never both twice)."""
-        buffer = bytearray()
-        for chunk in self.blobs.read(at):
-            buffer += chunk
-        return buffer.decode("utf-8"), len(buffer)
 
     # ------------------------------------------------------------------ tar
     def tar(self, package_id: str, byte_range: tuple[int, int | None] | None = None) -> Archive:

@@ -30,6 +30,7 @@ import tarfile
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
+from datetime import datetime
 from enum import Enum
 
 from sqlalchemy import select
@@ -254,18 +255,26 @@ class ArchiveService:
     # ------------------------------------------------------------------ zip
     def zip(self, package_id: str) -> Archive:
         """The zip of a finalized package: the same members, stored, zip64 where needed."""
-        from ._zip import FixedTimeZip
+        from ._zip import zip_length
 
         package, members = self._members(package_id)
+        size = zip_length((members.name(i), n) for i, n in enumerate(members.sizes))
+        return Archive(package.id, package.manifest_digest, ArchiveFormat.ZIP, size, 0, size,
+                       self._zip_bytes(members, package.finalized_at))
+
+    def _zip_bytes(self, members: Members, finalized_at: datetime) -> Iterator[bytes]:
+        """The zip's bytes, each member queued only when the one before has been streamed."""
+        from ._zip import FixedTimeZip
+
         reader = MemberReader(self.blobs, members)
-        stream = FixedTimeZip(package.finalized_at)
+        stream = FixedTimeZip(finalized_at)
         for i, size in enumerate(members.sizes):
             if size == 0:
                 stream.add(b"", members.name(i))
             else:
                 stream.add(_lazy(reader, i), members.name(i), size=size)
-        size = len(stream)
-        return Archive(package.id, package.manifest_digest, ArchiveFormat.ZIP, size, 0, size, iter(stream))
+            yield from stream.all_files()
+        yield from stream.footer()
 
 
 def _lazy(reader: "MemberReader", i: int) -> Iterator[bytes]:

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import tarfile
 import tracemalloc
+
+import pytest
 
 from tests.helpers import make_tar
 
@@ -60,3 +63,18 @@ def test_layout_memory_is_a_few_hundred_bytes_a_file(store):
         assert archive.extractfile(f"{pkg}/{last}").read() == files[last]
     assert len(b"".join(zip_.chunks)) == zip_.size
     assert hashlib.sha256(b"".join(store.archives.tar(pkg).chunks)).digest() == hashlib.sha256(whole).digest()
+
+
+def test_manifest_records_are_the_same_whatever_the_chunks_it_arrives_in():
+    from casstore.services.archive import manifest_files
+    from casstore.services.manifest import canonical_json
+
+    files = [{"path": p, "sha256": "0" * 64, "size": i, "media_type": "text/plain"}
+             for i, p in enumerate(["a", "caf\u00e9 \u65e5\u672c/\u2603", 'q"uote', "z,]}", "{\"x\":1}"])]
+    manifest = canonical_json({"file_count": len(files), "files": files, "package": {"id": "p"}})
+    for size in (1, 2, 3, 7, 64, len(manifest)):
+        chunks = [manifest[at:at + size] for at in range(0, len(manifest), size)]
+        assert list(manifest_files(iter(chunks))) == files, size
+    truncated = manifest[:manifest.index(b'"q')]  # a record never completed is an error, not the end
+    with pytest.raises(json.JSONDecodeError):
+        list(manifest_files([truncated]))

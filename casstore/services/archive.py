@@ -13,8 +13,9 @@ layout is computed from the manifest before a byte is read: the total length
 (Content-Length) is exact, and a byte range is served by reading only the
 members it overlaps. Bytes come from the blob store in ~1 MiB chunks, so a
 request's memory is the layout, never the data: compact arrays (_members.py),
-~100 bytes a file held and ~300 at the peak while built (the manifest is parsed
-as it arrives, the location rows streamed), pinned by tests/test_archive_memory.py.
+~100 bytes a file held and little more at the peak while built (the manifest is
+parsed as it arrives, its files located 500 at a time), pinned by
+tests/test_archive_memory.py.
 
 Zip (``format=zip``) holds the same members, stored (no compression), with
 zip64 records where sizes need them (zipstream-ng). Its CRC-32s are computed
@@ -41,7 +42,7 @@ from .. import layout
 from ..cas import BlobStore, Location
 from ..db import Database
 from ..errors import Gone, NotFound, ObjectMissing, RangeNotSatisfiable
-from ..models import Blob, FileEntry, Package, PackageStatus, StorageLocation
+from ..models import Blob, Package, PackageStatus, StorageLocation
 from ._members import Members
 from .lookup import load_package
 
@@ -49,7 +50,6 @@ BLOCK = 512
 END_OF_ARCHIVE = b"\0" * (2 * BLOCK)
 LAYOUT_VERSION = "1"
 TEXT_SLICE = 256 << 10  # bytes of the manifest decoded at a time
-ROWS_AT_ONCE = 2000  # (blob, location) rows fetched at a time while the layout is built
 
 
 class ArchiveFormat(str, Enum):
@@ -187,8 +187,8 @@ class ArchiveService:
     def _members(self, package_id: str) -> tuple[Package, Members]:
         """The package and its members in archive order (manifest first), locations resolved.
 
-        The manifest's text is parsed into the compact members and dropped before the
-        (blob, location) rows are read, and those are streamed, not fetched all at once.
+        The manifest is parsed as its bytes arrive, and its files' locations are looked up
+        a batch at a time meanwhile (Members.add_files): never all rows, nor the whole text.
         """
         with self.db.read() as session:
             package = load_package(session, package_id)
@@ -199,21 +199,14 @@ class ArchiveService:
                 raise NotFound(f"package {package_id} is {package.status}: it has no archive until finalized",
                                package_id=package_id, package_status=package.status)
             manifest_at = self.blobs.locate(session, package.manifest_digest.removeprefix("sha256:"))
-        if manifest_at is None:
-            raise ObjectMissing(f"no location recorded for the manifest of {package_id}")
-        # read again when streamed: a request holds its layout, not the manifest's bytes
-        members = Members(package_id, manifest_at)
-        manifest = members.counted(self.blobs.read(manifest_at))
-        numbers = members.add_files(manifest_files(manifest))
-        for _ in manifest:  # what follows the files (the package's fields) counts too
-            pass
-        blob, where, entry = Blob.__table__, StorageLocation.__table__, FileEntry.__table__
-        stmt = (select(blob.c.sha256, blob.c.size, blob.c.chunker, where.c.object_key, where.c.offset, where.c.length)
-                .join(entry, entry.c.blob_sha256 == blob.c.sha256)
-                .outerjoin(where, where.c.blob_sha256 == blob.c.sha256)
-                .where(entry.c.package_id == package_id).distinct())
-        with self.db.read() as session:
-            members.place(numbers, session.connection().execution_options(yield_per=ROWS_AT_ONCE).execute(stmt))
+            if manifest_at is None:
+                raise ObjectMissing(f"no location recorded for the manifest of {package_id}")
+            # read again when streamed: a request holds its layout, not the manifest's bytes
+            members = Members(package_id, manifest_at)
+            manifest = members.counted(self.blobs.read(manifest_at))
+            members.add_files(manifest_files(manifest), lambda digests: _locations(session, digests))
+            for _ in manifest:  # what follows the files (the package's fields) counts too
+                pass
         return package, members
 
     # ------------------------------------------------------------------ tar
@@ -341,6 +334,15 @@ class MemberReader:
             end = max(end, nxt.offset + nxt.length)
         self._key, self._start = at.object_key, start
         self._bytes = b"".join(self.blobs.read(Location(at.object_key, start, end - start)))
+
+
+def _locations(session, digests: list[str]):
+    """(sha256, size, chunker, object key, offset, length) of these blobs (a chunked one has
+    no storage_location row: its recipe is read instead)."""
+    blob, where = Blob.__table__, StorageLocation.__table__
+    return session.connection().execute(
+        select(blob.c.sha256, blob.c.size, blob.c.chunker, where.c.object_key, where.c.offset, where.c.length)
+        .outerjoin(where, where.c.blob_sha256 == blob.c.sha256).where(blob.c.sha256.in_(digests)))
 
 
 def _tar_offsets(members: Members, mtime: int) -> array:

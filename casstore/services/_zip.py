@@ -26,6 +26,7 @@ class FixedTimeZip(ZipStream):
         self._date_time = (max(utc.year, 1980), utc.month, utc.day, utc.hour, utc.minute, utc.second)
         year, month, day, hour, minute, second = self._date_time
         self._dos = struct.pack("<HH", hour << 11 | minute << 5 | second // 2, (year - 1980) << 9 | month << 5 | day)
+        self._filelist = _Directory()
 
     def _gen_file_entry(self, **kwargs):
         first = True
@@ -34,22 +35,50 @@ class FixedTimeZip(ZipStream):
                 chunk = chunk[:DOS_TIME_AT.start] + self._dos + chunk[DOS_TIME_AT.stop:]
                 first = False
             yield chunk
-        done = self._filelist[-1]
-        done.date_time = self._date_time
-        # its central directory record is final now: keep those ~100 bytes, not the ZipInfo (~500)
-        self._filelist[-1] = _Written(done._central_directory_header_data())
+        self._filelist.seal(self._date_time)
 
 
-class _Written:
-    """A streamed entry as the footer needs it: its central directory record, made once."""
+class _Directory:
+    """The central directory of the entries streamed so far, in the place of ZipStream's
+    list of ZipInfo (~500 bytes each): each entry's record (~50 bytes + its name), made once
+    its data is written (then final) and kept in one buffer. ZipStream appends, counts and,
+    in its footer, iterates it (each item's ``_central_directory_header_data``); its
+    info_list() and get_info(), which read ZipInfos, are not used here."""
 
-    __slots__ = ("record",)
+    PIECE = 1 << 20  # bytes of records the footer is handed at a time
 
-    def __init__(self, record: bytes) -> None:
-        self.record = record
+    def __init__(self) -> None:
+        self._records = bytearray()
+        self._count = 0
+        self._pending = None  # the entry just streamed, until its time is pinned
+
+    def append(self, zinfo) -> None:
+        self._pending = zinfo
+
+    def seal(self, date_time: tuple) -> None:
+        self._pending.date_time = date_time
+        self._records += self._pending._central_directory_header_data()
+        self._pending = None
+        self._count += 1
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self):
+        for at in range(0, len(self._records), self.PIECE):
+            yield _Records(bytes(self._records[at:at + self.PIECE]))
+
+
+class _Records:
+    """Central directory records as the footer asks for them."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
 
     def _central_directory_header_data(self) -> bytes:
-        return self.record
+        return self.data
 
 
 def zip_length(entries: Iterable[tuple[str, int]]) -> int:

@@ -14,22 +14,12 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 
 from ..cas import Location
 from ..errors import ObjectMissing
 
 UNPLACED = -1  # no location row (only right for an empty file)
 RECIPE = -2  # a chunked file: read through its recipe
-
-
-@dataclass(slots=True)
-class Member:
-    """One member, made when it is reached: its name, its size and where its bytes are."""
-
-    name: str
-    size: int
-    location: Location | None  # None: an empty file with no recorded location
 
 
 class Members:
@@ -118,6 +108,3 @@ class Members:
         if key >= 0:
             return Location(self._keys[key], self._offset[i], self._length[i])
         return self._recipes[i] if key == RECIPE else None
-
-    def __getitem__(self, i: int) -> Member:
-        return Member(self.name(i), self.sizes[i], self.location(i))

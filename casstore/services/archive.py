@@ -115,7 +115,7 @@ def manifest_files(manifest: bytes | Iterable[bytes]) -> Iterator[dict]:
     if head is None:
         yield from json.loads(text + "".join(pieces))["files"]
         return
-    decoder, at, exhausted = json.JSONDecoder(), head.end(), False
+    decoder, at = json.JSONDecoder(), head.end()
     while True:
         if at < len(text) and text[at] == "]":
             return
@@ -125,7 +125,7 @@ def manifest_files(manifest: bytes | Iterable[bytes]) -> Iterator[dict]:
         try:
             record, at = decoder.raw_decode(text, at)
         except json.JSONDecodeError:  # the record's end has not arrived yet (or never will)
-            piece = None if exhausted else next(pieces, None)
+            piece = next(pieces, None)
             if piece is None:
                 raise
             text, at = text[at:] + piece, 0

@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import drop_dirty_pages, files_of, generate_run, start_server  # noqa: E402
+from bench.common import drop_dirty_pages, files_of, generate_run, run_measured, start_server  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,20 +74,6 @@ def make_second_run(a: Path, b: Path) -> tuple[Path, int]:
 
 def du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def run_measured(command: list[str], env: dict | None = None) -> tuple[float, float, bytes]:
-    """(seconds, peak RSS MiB, stdout) from wait4's rusage."""
-    started = time.perf_counter()
-    proc = subprocess.Popen(command, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, cwd=ROOT)
-    out = proc.stdout.read()
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - started
-    if status != 0:
-        raise RuntimeError(f"{command[:4]} failed: {err.decode()[-2000:]}")
-    return elapsed, usage.ru_maxrss / 1024, out
 
 
 GNU_TIME = "/usr/bin/time"  # GNU time (apt install time): -f %M prints the child's peak RSS in KiB

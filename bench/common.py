@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.lower_bound import hash_and_copy  # noqa: E402
 from tests.helpers import ServerProcess  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
 BIG = 1 << 30
 BLOCK = 1 << 20
 
@@ -67,6 +68,21 @@ def lower_bound_command(root: Path, dest: Path) -> float:
     started = time.perf_counter()
     subprocess.run(script, check=True)
     return time.perf_counter() - started
+
+
+def run_measured(command: list[str], env: dict | None = None) -> tuple[float, float, bytes]:
+    """Run ``command`` from the repository root with ``env`` added: (seconds, peak RSS MiB, stdout),
+    the RSS from wait4's rusage (a child forked from a large process counts its pages too)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(command, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=ROOT)
+    out = proc.stdout.read()
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - started
+    if status != 0:
+        raise RuntimeError(f"{command[:4]} failed: {err.decode()[-2000:]}")
+    return elapsed, usage.ru_maxrss / 1024, out
 
 
 def drop_dirty_pages(quiet_mib: int = 8, wait: float = 15.0) -> None:

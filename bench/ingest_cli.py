@@ -44,6 +44,7 @@ from bench.common import (  # noqa: E402
     generate_run,
     lower_bound,
     lower_bound_command,
+    run_measured,
     start_server,
 )
 
@@ -62,18 +63,11 @@ def timed(command: list[str], env: dict | None = None) -> float:
 
 def cli_ingest(run: Path, url: str, cache: Path) -> dict:
     """Time one `artifact-store ingest`; its peak RSS comes from wait4's rusage."""
-    env = {**os.environ, "ARTIFACT_STORE_URL": url, "XDG_CACHE_HOME": str(cache), **TOKEN}
-    started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "artifact_store.cli", "ingest", str(run), "--quiet"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
-    out = proc.stdout.read()
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - started
-    if status != 0:
-        raise RuntimeError(f"ingest failed: {err.decode()[-2000:]}")
+    env = {"ARTIFACT_STORE_URL": url, "XDG_CACHE_HOME": str(cache), **TOKEN}
+    command = [sys.executable, "-m", "artifact_store.cli", "ingest", str(run), "--quiet"]
+    elapsed, rss_mib, out = run_measured(command, env)
     result = json.loads(out)
-    return {"seconds": elapsed, "rss_mib": usage.ru_maxrss / 1024, "new_bytes": result["new_bytes"],
+    return {"seconds": elapsed, "rss_mib": rss_mib, "new_bytes": result["new_bytes"],
             "files": result["files"], "package_id": result["package_id"]}
 
 

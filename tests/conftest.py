@@ -6,21 +6,16 @@ names a PostgreSQL server; then every test gets a database of its own on it.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
-import uuid
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from casstore.config import Settings
 from casstore.db import Database
 from casstore.store import Store
-from tests.helpers import EXAMPLE_RUN, PG_URL, LiveServer
-
-
-def _pg_url(name: str) -> str:
-    return PG_URL.rsplit("/", 1)[0] + "/" + name
+from tests.helpers import EXAMPLE_RUN, PG_URL, LiveServer, pg_database, pg_url
 
 
 @pytest.fixture(scope="session")
@@ -33,17 +28,11 @@ def migrated_template(tmp_path_factory):
         db.dispose()
         yield path
         return
-    name = f"tpl_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    db = Database(_pg_url(name))
-    db.upgrade()
-    db.dispose()
-    yield name
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with pg_database("tpl") as name:
+        db = Database(pg_url(name))
+        db.upgrade()
+        db.dispose()
+        yield name
 
 
 @pytest.fixture
@@ -54,14 +43,8 @@ def database_url(tmp_path, migrated_template):
         shutil.copyfile(migrated_template, path)
         yield f"sqlite:///{path}"
         return
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{migrated_template}"'))
-    yield _pg_url(name)
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with pg_database("t", template=migrated_template) as name:
+        yield pg_url(name)
 
 
 @pytest.fixture
@@ -84,6 +67,16 @@ def server(store):
     live = LiveServer(store)
     yield live
     live.close()
+
+
+@pytest.fixture
+def secured_server(settings):
+    """A server that requires tokens (authentication on), and its store: (server, store)."""
+    store = Store(dataclasses.replace(settings, auth="on"))
+    server = LiveServer(store)
+    yield server, store
+    server.close()
+    store.close()
 
 
 @pytest.fixture

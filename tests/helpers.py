@@ -28,12 +28,14 @@ import tarfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import requests
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 from api import create_app
@@ -45,6 +47,27 @@ ROOT = Path(__file__).resolve().parents[1]
 PG_URL = os.environ.get("ARTIFACT_STORE_TEST_DATABASE_URL", "")
 EXAMPLE_RUN = ROOT.parent / "shared" / "guide-board" / "example-cmis-pilot-run"
 PROBLEM = "application/problem+json"
+
+
+def pg_url(name: str) -> str:
+    """The URL of database ``name`` on the test PostgreSQL server."""
+    return PG_URL.rsplit("/", 1)[0] + "/" + name
+
+
+@contextmanager
+def pg_database(prefix: str, template: str | None = None) -> Iterator[str]:
+    """A new database on the test PostgreSQL server (a copy of ``template`` if given), dropped
+    (connections and all) afterwards; yields its name."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")))
+        yield name
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
 
 
 def sha(data: bytes) -> str:

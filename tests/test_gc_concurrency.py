@@ -9,7 +9,6 @@ with an operator token, as CI runners and operators do.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import random
 import threading
@@ -19,8 +18,7 @@ from datetime import timedelta
 import pytest
 import requests
 
-from casstore.store import Store
-from tests.helpers import LiveServer, PackageChurn, bearer, make_token
+from tests.helpers import PackageChurn, bearer, make_token
 
 GC_ROUNDS = 500
 PACKAGES_PER_ROUND = 4
@@ -28,18 +26,9 @@ SHARED = [os.urandom(random.Random(i).randint(10, 4000)) for i in range(16)] + [
 BIG = [random.Random(100 + i).randbytes(8 << 20) for i in range(3)]  # bases of large (chunked) files
 
 
-@pytest.fixture
-def secured(settings):
-    store = Store(dataclasses.replace(settings, auth="on"))
-    server = LiveServer(store)
-    yield server, store
-    server.close()
-    store.close()
-
-
 @pytest.mark.slow
-def test_gc_loop_beside_ingestion_and_attach(secured, tmp_path):
-    server, store = secured
+def test_gc_loop_beside_ingestion_and_attach(secured_server, tmp_path):
+    server, store = secured_server
     store.retention.set_class_days("transient", 0, actor="test")  # every package is eligible at once
     producer, operator = make_token(store, "producer", producers=["churn"]), make_token(store, "operator")
     anonymous = requests.post(f"{server.url}/v1/packages", json={"producer": "churn"})

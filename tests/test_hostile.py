@@ -13,15 +13,25 @@ import json
 import os
 import socket
 import time
-import uuid
 
 import pytest
 import requests
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import event
 
 from casstore.config import Settings
 from casstore.store import Store
-from tests.helpers import PG_URL, PROBLEM, ServerProcess, assert_problem, counts, leave_stray_write, make_tar, sha
+from tests.helpers import (
+    PG_URL,
+    PROBLEM,
+    ServerProcess,
+    assert_problem,
+    counts,
+    leave_stray_write,
+    make_tar,
+    pg_database,
+    pg_url,
+    sha,
+)
 
 HEADER_TIMEOUT = 2
 IO_TIMEOUT = 3
@@ -36,14 +46,8 @@ def database(tmp_path_factory):
     if not PG_URL:
         yield f"sqlite:///{tmp_path_factory.mktemp('hostile-db')}/registry.db"
         return
-    name = f"hostile_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    yield PG_URL.rsplit("/", 1)[0] + "/" + name
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with pg_database("hostile") as name:
+        yield pg_url(name)
 
 
 @pytest.fixture(scope="module")

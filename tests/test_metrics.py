@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import re
 import threading
 import time
 
-import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from casstore.config import Settings
 from casstore.store import Store
-from tests.helpers import LiveServer, ServerProcess, assert_problem, bearer, make_token, sha
+from tests.helpers import ServerProcess, assert_problem, bearer, make_token, sha
 
 FILE_ROUTE = "/v1/packages/{package_id}/files/{logical_path}"
 
@@ -40,17 +38,8 @@ def value(samples: dict, name: str, **labels) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-@pytest.fixture
-def secured(settings):
-    store = Store(dataclasses.replace(settings, auth="on"))
-    server = LiveServer(store)
-    yield server, store
-    server.close()
-    store.close()
-
-
-def test_requests_bytes_dedup_and_auth_failures_are_counted(secured):
-    server, store = secured
+def test_requests_bytes_dedup_and_auth_failures_are_counted(secured_server):
+    server, store = secured_server
     producer = bearer(make_token(store, "producer", "ci", producers=["p"]))
     scraper = make_token(store, "metrics", "prometheus")
     before = scrape(server.url, scraper)
@@ -83,8 +72,8 @@ def test_requests_bytes_dedup_and_auth_failures_are_counted(secured):
     assert_problem(denied, 403)
 
 
-def test_one_access_log_line_per_request_with_its_request_id(secured, caplog):
-    server, store = secured
+def test_one_access_log_line_per_request_with_its_request_id(secured_server, caplog):
+    server, store = secured_server
     reader = make_token(store, "reader", "rita")
     with caplog.at_level(logging.INFO, logger="artifact_store.access"):
         missing = requests.get(f"{server.url}/v1/packages/pkg_nothing", headers=bearer(reader))

@@ -13,21 +13,11 @@ from casstore.db import Database
 @pytest.fixture
 def empty_database_url(tmp_path):
     """A database no migration has touched yet (SQLite; the PostgreSQL run uses its own fresh one)."""
-    from tests.helpers import PG_URL
+    from tests.helpers import PG_URL, pg_database, pg_url
 
     if PG_URL:
-        import uuid
-
-        from sqlalchemy import create_engine
-
-        name = f"m_{uuid.uuid4().hex[:12]}"
-        admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        yield PG_URL.rsplit("/", 1)[0] + "/" + name
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        with pg_database("m") as name:
+            yield pg_url(name)
         return
     yield f"sqlite:///{tmp_path / 'fresh.db'}"
 

@@ -36,6 +36,7 @@ import sys
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from casstore import chunking
@@ -93,6 +94,15 @@ class _NoBar:
         pass
 
 
+@contextmanager
+def reading(f: LocalFile):
+    """A file of the run that cannot be read is the run's error (exit 2, named), not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        raise RunDirError(f"cannot read {f.path}: {exc.strerror or exc}") from exc
+
+
 def sha256_file(path: str, on_bytes: Callable[[int], None]) -> str:
     digest = hashlib.sha256()
     with open(path, "rb", buffering=0) as f:
@@ -128,13 +138,11 @@ class Ingestor:
         todo = [f for f in files if f.path not in digests]
         with self.progress.bar("hashing", sum(f.size for f in todo)) as bar:
             def one(f: LocalFile) -> tuple[LocalFile, str | None]:
-                try:
+                with reading(f):
                     if f.size > chunking.THRESHOLD:  # its chunks; the server computes its digest
                         self._recipes[f.path] = chunked.recipe_of(f.abspath, bar.update)
                         return f, None
                     return f, sha256_file(f.abspath, bar.update)
-                except OSError as exc:
-                    raise RunDirError(f"cannot read {f.path}: {exc.strerror or exc}") from exc
 
             # Big files on the pool, one each; small ones here, meanwhile: hashlib keeps the GIL
             # for buffers under 2 KiB, so threads would only take turns on them.
@@ -155,10 +163,8 @@ class Ingestor:
             return
         with self.progress.bar("hashing", sum(f.size for f in todo)) as bar, ThreadPoolExecutor(self.jobs) as pool:
             def one(f: LocalFile) -> tuple[LocalFile, str]:
-                try:
+                with reading(f):
                     return f, sha256_file(f.abspath, bar.update)
-                except OSError as exc:
-                    raise RunDirError(f"cannot read {f.path}: {exc.strerror or exc}") from exc
 
             hashed = list(pool.map(one, todo))
         self.cache.store(hashed)
@@ -389,14 +395,12 @@ def _tar_of(files: list[LocalFile], kept: dict[str, bytes]) -> bytes:
 def _read_small(f: LocalFile) -> bytes:
     """A small file's bytes in one read of its size + 1 (so growth shows), via os.read: a
     buffered read of up to SMALL_FILE would allocate 1 MiB per file, three times the work."""
-    try:
+    with reading(f):
         fd = os.open(f.abspath, os.O_RDONLY)
         try:
             return os.read(fd, f.size + 1)
         finally:
             os.close(fd)
-    except OSError as exc:
-        raise RunDirError(f"cannot read {f.path}: {exc.strerror or exc}") from exc
 
 
 def _same_digests(added: list[dict], digests: dict[str, str]) -> None:

@@ -50,6 +50,23 @@ HINT_REFRESH = 64  # a streaming upload's hint session starts a fresh snapshot t
 READ_PAGE = 256  # recipe rows read at a time when serving a range
 
 
+def _segment_rows():
+    """The recipe rows of a file from the chunk holding byte ``pos`` up to byte ``end``, with
+    where each chunk lies. Built once: building it per range took 1.2 ms of Python, a sixth of
+    a 64 MiB range read from the page cache (SQLite runs it in 0.05 ms)."""
+    bc, ch = BlobChunk.__table__, Chunk.__table__
+    inner = bc.alias("before")  # its own name: the subquery never correlates with the outer blob_chunk
+    first = select(func.max(inner.c.offset)).where(inner.c.blob_sha256 == bindparam("sha"),
+                                                   inner.c.offset <= bindparam("pos")).scalar_subquery()
+    return (select(bc.c.offset, ch.c.size, ch.c.object_key, ch.c.offset)
+            .join(ch, ch.c.id == bc.c.chunk_id)
+            .where(bc.c.blob_sha256 == bindparam("sha"), bc.c.offset >= first, bc.c.offset < bindparam("end"))
+            .order_by(bc.c.offset).limit(READ_PAGE))
+
+
+_SEGMENT_ROWS = _segment_rows()
+
+
 @dataclass
 class ChunkedBytes:
     """A large file as an upload took it in: its recipe, and the chunks it wrote into its pack."""
@@ -294,16 +311,8 @@ class ChunkStore:
 
     def _segments(self, sha: str, pos: int, end: int) -> tuple[list[tuple[str, int, int]], int]:
         """The coalesced object ranges for up to READ_PAGE chunks from ``pos``; and where they stop."""
-        bc, ch = BlobChunk.__table__, Chunk.__table__
-        inner = bc.alias("before")  # its own name: the subquery never correlates with the outer blob_chunk
-        first = select(func.max(inner.c.offset)).where(inner.c.blob_sha256 == sha,
-                                                       inner.c.offset <= pos).scalar_subquery()
         with self.db.read() as session:  # one query (a third of the time of two, on SQLite)
-            rows = session.connection().execute(
-                select(bc.c.offset, ch.c.size, ch.c.object_key, ch.c.offset)
-                .join(ch, ch.c.id == bc.c.chunk_id)
-                .where(bc.c.blob_sha256 == sha, bc.c.offset >= first, bc.c.offset < end)
-                .order_by(bc.c.offset).limit(READ_PAGE)).all()
+            rows = session.connection().execute(_SEGMENT_ROWS, {"sha": sha, "pos": pos, "end": end}).all()
         segments: list[list] = []
         for file_off, size, key, obj_off in rows:
             if file_off > pos or file_off + size <= pos:

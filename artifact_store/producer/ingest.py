@@ -184,7 +184,8 @@ class Ingestor:
         for f in files:
             data = _read_small(f)
             if len(data) != f.size:  # it changed since the scan: hash it the streaming way
-                hashed.append((f, sha256_file(f.abspath, on_bytes)))
+                with reading(f):  # it may be gone by now
+                    hashed.append((f, sha256_file(f.abspath, on_bytes)))
                 continue
             hashed.append((f, hashlib.sha256(data).hexdigest()))
             on_bytes(len(data))

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -193,3 +194,60 @@ def test_copies_of_a_large_file_in_one_run_are_sent_once(server, tmp_path):
     manifest = requests.get(f"{server.url}/v1/packages/{result['package_id']}/manifest", timeout=10).json()
     assert {f["path"]: f["sha256"] for f in manifest["files"] if f["path"].endswith(".bin")} == {
         f"raw/{n}": sha(capture) for n in ("a.bin", "b.bin", "c.bin")}
+
+
+def requests_by_route(server) -> dict[tuple[str, str], float]:
+    """(method, route) -> requests answered so far, from the served /metrics."""
+    counts: dict[tuple[str, str], float] = {}
+    for line in server.http.get(f"{server.url}/metrics").text.splitlines():
+        if line.startswith("artifact_store_http_requests_total{"):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+            key = (labels["method"], labels["route"])
+            counts[key] = counts.get(key, 0) + float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def test_sampling_tells_a_file_new_to_the_store_from_one_it_holds_in_part(server, tmp_path):
+    client = StoreClient(server.url)
+    size = chunked.SAMPLE_FROM + 8 * MIB
+    held = random.Random(6).randbytes(size)
+    path = write(tmp_path / "held.bin", held)
+    assert not chunked.sampled_chunks_held(client, path, size)  # nothing stored yet
+    chunked.upload(client, server.create()["id"], "held.bin", path, sha(held), False)
+    assert chunked.sampled_chunks_held(client, path, size)
+    # the next run's capture: its first 10% rewritten, or only its last 30% kept
+    assert chunked.sampled_chunks_held(client, write(tmp_path / "b.bin", os.urandom(size // 10) + held[size // 10:]),
+                                       size)
+    assert chunked.sampled_chunks_held(client, write(tmp_path / "c.bin", os.urandom(size * 7 // 10) +
+                                                     held[size * 7 // 10:]), size)
+    assert not chunked.sampled_chunks_held(client, write(tmp_path / "d.bin", os.urandom(size)), size)
+
+
+def test_a_capture_new_to_the_store_is_sent_whole_and_its_next_version_as_new_chunks(server, store, tmp_path):
+    """The CLI samples a large file: none of it held -> one PUT, cut by the server (no cutting
+    here before the first byte travels); held in part -> cut here, only the new chunks sent."""
+    size = chunked.SAMPLE_FROM + 8 * MIB
+    capture = random.Random(7).randbytes(size)
+    env = {**os.environ, "ARTIFACT_STORE_URL": server.url, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    put, post = ("PUT", "/v1/packages/{package_id}/files/{logical_path}"), \
+        ("POST", "/v1/packages/{package_id}/chunked/{logical_path}")
+    results = []
+    for i, data in enumerate([capture, os.urandom(size // 10) + capture[size // 10:]]):
+        root = tmp_path / f"run{i}"
+        write(root / "raw" / "capture.bin", data)
+        (root / "run.json").write_text(json.dumps({"schema": "guide-board.run/v1", "run_id": f"r{i}"}))
+        before = requests_by_route(server)
+        proc = subprocess.run([sys.executable, "-m", "artifact_store.cli", "ingest", str(root), "--quiet"], env=env,
+                              capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        after = requests_by_route(server)
+        results.append(json.loads(proc.stdout))
+        sent = {k: after.get(k, 0) - before.get(k, 0) for k in (put, post)}
+        assert sent == ({put: 1, post: 0} if i == 0 else {put: 0, post: 1})
+        assert hashlib.sha256(server.get(results[-1]["package_id"], "raw/capture.bin").content).hexdigest() == sha(data)
+    assert results[0]["new_bytes"] == size + len((tmp_path / "run0" / "run.json").read_bytes())
+    assert size // 10 <= results[1]["new_bytes"] < size // 10 + 2 * chunking.MAX_SIZE + 100
+    with store.db.engine.connect() as conn:  # the first capture was stored as chunks all the same
+        chunks = conn.execute(text("SELECT COUNT(*), SUM(size) FROM chunk")).one()
+    assert chunks[0] > size // chunking.MAX_SIZE and size * 1.1 - 2 * chunking.MAX_SIZE < chunks[1] < size * 1.1 + 2 * chunking.MAX_SIZE
+    assert store.verify.run(deep=True).findings == []

@@ -135,9 +135,12 @@ class StoreClient:
                                      "Content-Digest": f"sha-256=:{base64.b64encode(digest).decode()}:"},
                             query={"replace": "true"} if replace else None)
 
-    def upload_file(self, package_id: str, path: str, stream: IO[bytes], size: int, sha256: str,
+    def upload_file(self, package_id: str, path: str, stream: IO[bytes], size: int, sha256: str | None,
                     media_type: str | None, replace: bool) -> dict:
-        headers = {"Content-Length": str(size), "X-Checksum-Sha256": sha256}
+        """PUT a file's bytes; with ``sha256``, the server refuses them unless they have that digest."""
+        headers = {"Content-Length": str(size)}
+        if sha256 is not None:
+            headers["X-Checksum-Sha256"] = sha256
         if media_type:
             headers["Content-Type"] = media_type
         return self.request("PUT", f"/v1/packages/{package_id}/files/{quote(path, safe='/')}", body=stream,

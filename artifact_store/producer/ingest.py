@@ -20,7 +20,9 @@ the same package when started again:
 5. upload each missing digest once: small files as tar batches (one request
    and one transaction per batch, built here while earlier batches travel),
    large ones as their chunks (chunked.py: cut here, only the chunks the store
-   lacks are sent) or, up to chunking.THRESHOLD, streamed with PUT, ``jobs`` at a time; every
+   lacks are sent; one of which the store holds no sampled chunk goes whole
+   with PUT, cut by the server) or, up to chunking.THRESHOLD, streamed with
+   PUT, ``jobs`` at a time; every
    other body carries its SHA-256 so the server proves what it received, and
    every file's digest the server computed is compared with ours (a file that
    changed while we read it is an error, not a silent mix). A large file's
@@ -312,21 +314,21 @@ class Ingestor:
 
             def send_file(f: LocalFile) -> None:
                 # with X-Checksum-Sha256 when we know it: a file that changed is refused (422)
-                if f.size > chunking.THRESHOLD:  # only the chunks the store lacks (chunked.py)
-                    recipe = self._recipes.pop(f.path, None)
+                recipe = self._recipes.pop(f.path, None)
+                if f.size > chunking.THRESHOLD and (recipe is not None or self._held_in_part(f)):
                     if recipe is None:  # cut now (step 1 cut only files that may be copies)
                         with reading(f):
                             recipe = chunked.recipe_of(f.abspath)
                     entry, sent = chunked.upload(self.client, package_id, f.path, f.abspath, digests[f.path],
                                                  f.path in replace, recipe=recipe)
                     saved.append(f.size - sent)
-                    if digests[f.path] is None:  # the digest the server computed from the chunks it verified
-                        digests[f.path] = entry["sha256"]
-                        self.cache.store([(f, entry["sha256"])])
-                else:
-                    with open(f.abspath, "rb") as stream:
-                        self.client.upload_file(package_id, f.path, stream, f.size, digests[f.path], None,
-                                                f.path in replace)
+                else:  # a small file, or a large one new to the store: whole (the server cuts a large one)
+                    with reading(f), open(f.abspath, "rb") as stream:
+                        entry = self.client.upload_file(package_id, f.path, stream, f.size, digests[f.path], None,
+                                                        f.path in replace)
+                if digests[f.path] is None:  # the digest the server computed from the bytes it received
+                    digests[f.path] = entry["sha256"]
+                    self.cache.store([(f, entry["sha256"])])
                 bar.update(f.size)
 
             with ThreadPoolExecutor(self.jobs) as pool:
@@ -342,6 +344,14 @@ class Ingestor:
                     pending.popleft().result()
         self._kept.clear()
         self.new_bytes += sum(f.size for f in files) - sum(saved)
+
+    def _held_in_part(self, f: LocalFile) -> bool:
+        """Whether to cut a large file here: unless the store holds none of its sampled chunks
+        (chunked.sampled_chunks_held); files under SAMPLE_FROM are always cut here."""
+        if f.size < chunked.SAMPLE_FROM:
+            return True
+        with reading(f):
+            return chunked.sampled_chunks_held(self.client, f.abspath, f.size)
 
     # all ----------------------------------------------------------------------
     def ingest(self) -> dict:

@@ -251,3 +251,28 @@ def test_a_capture_new_to_the_store_is_sent_whole_and_its_next_version_as_new_ch
         chunks = conn.execute(text("SELECT COUNT(*), SUM(size) FROM chunk")).one()
     assert chunks[0] > size // chunking.MAX_SIZE and size * 1.1 - 2 * chunking.MAX_SIZE < chunks[1] < size * 1.1 + 2 * chunking.MAX_SIZE
     assert store.verify.run(deep=True).findings == []
+
+
+def test_a_large_file_that_changed_after_the_scan_is_an_error_not_a_silent_mix(server, tmp_path):
+    """Sent whole or as chunks, a large file carries no digest of the client's: its stat after
+    the upload must be the one scanned, or the ingest stops (exit 2) before finalizing."""
+    from artifact_store.producer.hashcache import HashCache
+    from artifact_store.producer.ingest import ChangedWhileReading, Ingestor
+    from artifact_store.producer.rundir import load
+
+    for size in (chunked.SAMPLE_FROM + MIB, 20 * MIB):  # sent whole; cut here
+        root = tmp_path / f"run{size}"
+        capture = write(root / "raw" / "capture.bin", os.urandom(size))
+        (root / "run.json").write_text(json.dumps({"schema": "guide-board.run/v1", "run_id": f"c{size}"}))
+        run = load(root)
+        with open(capture, "r+b") as f:  # rewritten in place after the scan: same size, same inode
+            f.write(os.urandom(MIB))
+        scanned = next(f for f in run.files if f.path == "raw/capture.bin")
+        os.utime(capture, ns=(scanned.mtime_ns + 10**9,) * 2)  # a second later, whatever the clock's grain
+        try:
+            Ingestor(StoreClient(server.url), run, HashCache(None)).ingest()
+            raise AssertionError("the ingest went on")
+        except ChangedWhileReading as exc:
+            assert "raw/capture.bin changed while being ingested" in str(exc)
+        found = server.http.get(f"{server.url}/v1/packages", params={"run_id": f"c{size}"}).json()["items"]
+        assert [p["status"] for p in found] == ["uploading"]  # never finalized

@@ -327,6 +327,7 @@ class Ingestor:
                         entry = self.client.upload_file(package_id, f.path, stream, f.size, digests[f.path], None,
                                                         f.path in replace)
                 if digests[f.path] is None:  # the digest the server computed from the bytes it received
+                    _unchanged_since_scan(f)  # no digest of ours to compare: its stat then
                     digests[f.path] = entry["sha256"]
                     self.cache.store([(f, entry["sha256"])])
                 bar.update(f.size)
@@ -425,6 +426,17 @@ def _read_small(f: LocalFile) -> bytes:
             return os.read(fd, f.size + 1)
         finally:
             os.close(fd)
+
+
+def _unchanged_since_scan(f: LocalFile) -> None:
+    """A large file sent without a digest of ours (cut, or whole) must still have the size,
+    mtime and inode it had when the run was scanned: else what the server read may mix two
+    versions of it."""
+    with reading(f):
+        st = os.stat(f.abspath, follow_symlinks=False)
+    if (st.st_size, st.st_mtime_ns, st.st_ino) != (f.size, f.mtime_ns, f.inode):
+        raise ChangedWhileReading(f"{f.path} changed while being ingested; let the run finish writing, "
+                                  f"then run the same command again")
 
 
 def _same_digests(added: list[dict], digests: dict[str, str]) -> None:

@@ -9,6 +9,7 @@ import random
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import blake3
@@ -276,3 +277,26 @@ def test_a_large_file_that_changed_after_the_scan_is_an_error_not_a_silent_mix(s
             assert "raw/capture.bin changed while being ingested" in str(exc)
         found = server.http.get(f"{server.url}/v1/packages", params={"run_id": f"c{size}"}).json()["items"]
         assert [p["status"] for p in found] == ["uploading"]  # never finalized
+
+
+def test_a_large_file_that_shrank_after_the_scan_stops_at_once(server, tmp_path):
+    """Sent whole, it is read up to its scanned size: shorter is ChangedWhileReading as soon as it
+    shows, not a body the server waits for until its timeout (nor a network error)."""
+    from artifact_store.producer.hashcache import HashCache
+    from artifact_store.producer.ingest import ChangedWhileReading, Ingestor
+    from artifact_store.producer.rundir import load
+
+    root = tmp_path / "run"
+    capture = write(root / "raw" / "capture.bin", os.urandom(chunked.SAMPLE_FROM + MIB))
+    (root / "run.json").write_text(json.dumps({"schema": "guide-board.run/v1", "run_id": "shrank"}))
+    run = load(root)
+    os.truncate(capture, chunked.SAMPLE_FROM)
+    started = time.monotonic()
+    try:
+        Ingestor(StoreClient(server.url, timeout=60), run, HashCache(None)).ingest()
+        raise AssertionError("the ingest went on")
+    except ChangedWhileReading as exc:
+        assert "raw/capture.bin became shorter while being sent" in str(exc)
+    assert time.monotonic() - started < 20
+    found = server.http.get(f"{server.url}/v1/packages", params={"run_id": "shrank"}).json()["items"]
+    assert [(p["status"], p["file_count"]) for p in found] == [("uploading", 1)]  # run.json only

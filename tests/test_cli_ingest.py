@@ -142,8 +142,9 @@ def test_run_json_problems_exit_2_before_any_upload(server, tmp_path):
     assert server.http.get(f"{server.url}/v1/packages").json()["items"] == []
 
 
-def test_unreadable_file_exits_2_before_any_upload(server, tmp_path):
-    run = write_run(tmp_path / "run", "unreadable", {"ok.txt": b"fine", "secret.txt": b"no access"})
+@pytest.mark.parametrize("size", [9, 9 << 20], ids=["small", "large"])  # a large one is cut only when sent
+def test_unreadable_file_exits_2_before_any_upload(server, tmp_path, size):
+    run = write_run(tmp_path / "run", "unreadable", {"ok.txt": b"fine", "secret.txt": os.urandom(size)})
     (run / "secret.txt").chmod(0)
     command = [sys.executable, "-m", "artifact_store.cli", "ingest", str(run)]
     if os.geteuid() == 0:  # root reads every file: drop the capabilities that let it

@@ -64,14 +64,19 @@ def sampled_chunks_held(client: StoreClient, path: str, size: int) -> bool:
     Each window is cut on its own. Its first and last chunks end where the window does,
     not where the file's cut does, and are left out; the ones between start at a cut the
     file's own cut makes too, almost always (a content-defined cut picks up the file's
-    cut points again within a chunk or two of an arbitrary start).
+    cut points again within a chunk or two of an arbitrary start). No whole chunk in any
+    window (uniform data, cut at the maximum size) answers yes: cut here, as a safe default.
     """
+    if size < SAMPLE_FROM:  # the windows would overlap: cut it whole instead
+        return True
     ids = set()
     with open(path, "rb", buffering=0) as f:
         for i in range(SAMPLES):
             data = os.pread(f.fileno(), SAMPLE_SIZE, (size - SAMPLE_SIZE) * i // (SAMPLES - 1))
             ids.update(chunking.chunk_id(c.data) for c in list(chunking.new_cutter().cut_buf(data))[1:-1])
-    return bool(ids) and len(client.missing_chunks(sorted(ids))) < len(ids)
+    if not ids:  # no window held a whole chunk (data so uniform that it is cut at the max size)
+        return True
+    return len(client.missing_chunks(sorted(ids))) < len(ids)
 
 
 def missing_chunks(client: StoreClient, recipe: list[chunking.RecipeEntry]) -> set[str]:

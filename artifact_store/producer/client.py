@@ -88,6 +88,10 @@ class StoreClient:
             conn.close()
             self._local.conn = None
             raise Unreachable(f"{method} {self.base_url}{path}: {exc}") from exc
+        except BaseException:  # the body's own error (a file that shrank): the request is half sent
+            conn.close()
+            self._local.conn = None
+            raise
         if response.status >= 400:
             try:
                 problem = json.loads(data)

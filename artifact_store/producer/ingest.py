@@ -8,8 +8,9 @@ the same package when started again:
    (chunked.py): its SHA-256 is the server's to compute from the chunks, and
    the client hashing it too cost 0.65 s of CPU per GiB for nothing the
    server may trust (it is cached once the server answers); a large file
-   whose size no other large file has is cut only in step 5, while the small
-   files' batches travel (0.6 s per GiB of cutting that overlaps them);
+   whose size no other large file has (no copy) is only opened here, and cut
+   in step 5 while the small files' batches travel (0.6 s per GiB of cutting
+   that overlaps them);
 2. find the run's live package (producer + run_id) or create it;
    a finalized one is compared with the run: identical -> done, nothing sent;
    different -> IngestConflict naming the paths, nothing changed;
@@ -28,7 +29,9 @@ the same package when started again:
    changed while we read it is an error, not a silent mix). A large file's
    chunks are checked against their ids, so one that changed after it was cut
    is refused; what the single cut read is what is recorded, as a hash would
-   have been. Files that repeat an uploaded digest are attached afterwards;
+   have been. A large file sent with no digest of ours is sent at its scanned
+   size exactly and must keep its scanned stat until the server answers.
+   Files that repeat an uploaded digest are attached afterwards;
 6. finalize.
 """
 
@@ -144,6 +147,9 @@ class Ingestor:
         # another large file has its size: only then can it be a copy (sent once, _same_cuts).
         sizes = Counter(f.size for f in todo if f.size > chunking.THRESHOLD)
         later = [f for f in todo if f.size > chunking.THRESHOLD and sizes[f.size] == 1]
+        for f in later:  # opened now all the same: an unreadable file stops us before the package exists
+            with reading(f):
+                os.close(os.open(f.abspath, os.O_RDONLY))
         digests.update((f.path, None) for f in later)
         todo = [f for f in todo if f.path not in digests]
         with self.progress.bar("hashing", sum(f.size for f in todo)) as bar:
@@ -300,11 +306,10 @@ class Ingestor:
         if not files:
             return
         small = [f for f in files if f.size <= SMALL_FILE]
-        large = [f for f in files if f.size > SMALL_FILE]
-        # The largest first: a large file is cut while the small ones' batches travel.
-        jobs = [("put", [f]) for f in sorted(large, key=lambda f: -f.size)]
-        jobs += [("tar", b) for flag in (False, True)
-                 for b in _tar_batches([f for f in small if (f.path in replace) == flag])]
+        # Large files go to the pool first, the largest first: one is cut (or sent) while the small
+        # files' batches are built here and travel beside it (only tar bodies wait for a free slot).
+        large = sorted((f for f in files if f.size > SMALL_FILE), key=lambda f: -f.size)
+        batches = [b for flag in (False, True) for b in _tar_batches([f for f in small if (f.path in replace) == flag])]
         saved: list[int] = []  # bytes of large files not sent: chunks the store held
         with self.progress.bar("uploading", sum(f.size for f in files)) as bar:
             def send_tar(batch: list[LocalFile], body: bytes) -> None:
@@ -324,8 +329,8 @@ class Ingestor:
                     saved.append(f.size - sent)
                 else:  # a small file, or a large one new to the store: whole (the server cuts a large one)
                     with reading(f), open(f.abspath, "rb") as stream:
-                        entry = self.client.upload_file(package_id, f.path, stream, f.size, digests[f.path], None,
-                                                        f.path in replace)
+                        entry = self.client.upload_file(package_id, f.path, _Scanned(stream, f), f.size,
+                                                        digests[f.path], None, f.path in replace)
                 if digests[f.path] is None:  # the digest the server computed from the bytes it received
                     _unchanged_since_scan(f)  # no digest of ours to compare: its stat then
                     digests[f.path] = entry["sha256"]
@@ -333,16 +338,14 @@ class Ingestor:
                 bar.update(f.size)
 
             with ThreadPoolExecutor(self.jobs) as pool:
-                pending: deque = deque()
-                for kind, batch in jobs:
-                    while len(pending) >= self.jobs:  # at most ``jobs`` tar bodies in memory
-                        pending.popleft().result()
-                    if kind == "tar":  # built here, while the pool sends the ones before
-                        pending.append(pool.submit(send_tar, batch, _tar_of(batch, self._kept)))
-                    else:
-                        pending.append(pool.submit(send_file, batch[0]))
-                while pending:
-                    pending.popleft().result()
+                files_sent = [pool.submit(send_file, f) for f in large]  # the largest first
+                tars: deque = deque()
+                for batch in batches:
+                    while len(tars) >= self.jobs:  # at most ``jobs`` tar bodies in memory
+                        tars.popleft().result()
+                    tars.append(pool.submit(send_tar, batch, _tar_of(batch, self._kept)))  # built here meanwhile
+                for job in [*tars, *files_sent]:
+                    job.result()
         self._kept.clear()
         self.new_bytes += sum(f.size for f in files) - sum(saved)
 
@@ -426,6 +429,25 @@ def _read_small(f: LocalFile) -> bytes:
             return os.read(fd, f.size + 1)
         finally:
             os.close(fd)
+
+
+class _Scanned:
+    """A file's bytes as announced: exactly its scanned size. Shorter (it shrank since the
+    scan) is ChangedWhileReading, raised as soon as it shows, not a body the server waits for
+    until its timeout; bytes past that size are not sent (the stat check sees the growth)."""
+
+    def __init__(self, stream, f: LocalFile) -> None:
+        self._stream, self._file, self._left = stream, f, f.size
+
+    def read(self, size: int = -1) -> bytes:
+        if self._left <= 0:
+            return b""
+        data = self._stream.read(self._left if size is None or size < 0 else min(size, self._left))
+        if not data:
+            raise ChangedWhileReading(f"{self._file.path} became shorter while being sent; let the run finish "
+                                      f"writing, then run the same command again")
+        self._left -= len(data)
+        return data
 
 
 def _unchanged_since_scan(f: LocalFile) -> None:

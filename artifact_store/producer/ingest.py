@@ -320,7 +320,7 @@ class Ingestor:
             def send_file(f: LocalFile) -> None:
                 # with X-Checksum-Sha256 when we know it: a file that changed is refused (422)
                 recipe = self._recipes.pop(f.path, None)
-                if f.size > chunking.THRESHOLD and (recipe is not None or self._held_in_part(f)):
+                if f.size > chunking.THRESHOLD and (recipe is not None or self._sampled_held(f)):
                     if recipe is None:  # cut now (step 1 cut only files that may be copies)
                         with reading(f):
                             recipe = chunked.recipe_of(f.abspath)
@@ -349,11 +349,8 @@ class Ingestor:
         self._kept.clear()
         self.new_bytes += sum(f.size for f in files) - sum(saved)
 
-    def _held_in_part(self, f: LocalFile) -> bool:
-        """Whether to cut a large file here: unless the store holds none of its sampled chunks
-        (chunked.sampled_chunks_held); files under SAMPLE_FROM are always cut here."""
-        if f.size < chunked.SAMPLE_FROM:
-            return True
+    def _sampled_held(self, f: LocalFile) -> bool:
+        """Whether to cut a large file here (chunked.sampled_chunks_held: always under SAMPLE_FROM)."""
         with reading(f):
             return chunked.sampled_chunks_held(self.client, f.abspath, f.size)
 

@@ -71,6 +71,9 @@ class IngestConflict(Exception):
 class ChangedWhileReading(RunDirError):
     """A file's bytes changed between hashing and uploading (exit status 2; run again)."""
 
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what}; let the run finish writing, then run the same command again")
+
 
 @dataclass
 class Progress:
@@ -441,8 +444,7 @@ class _Scanned:
             return b""
         data = self._stream.read(self._left if size is None or size < 0 else min(size, self._left))
         if not data:
-            raise ChangedWhileReading(f"{self._file.path} became shorter while being sent; let the run finish "
-                                      f"writing, then run the same command again")
+            raise ChangedWhileReading(f"{self._file.path} became shorter while being sent")
         self._left -= len(data)
         return data
 
@@ -454,14 +456,12 @@ def _unchanged_since_scan(f: LocalFile) -> None:
     with reading(f):
         st = os.stat(f.abspath, follow_symlinks=False)
     if (st.st_size, st.st_mtime_ns, st.st_ino) != (f.size, f.mtime_ns, f.inode):
-        raise ChangedWhileReading(f"{f.path} changed while being ingested; let the run finish writing, "
-                                  f"then run the same command again")
+        raise ChangedWhileReading(f"{f.path} changed while being ingested")
 
 
 def _same_digests(added: list[dict], digests: dict[str, str]) -> None:
     """The server's digest of each file it stored must be ours (else the file changed meanwhile)."""
     changed = sorted(e["path"] for e in added if e["sha256"] != digests[e["path"]])
     if changed:
-        raise ChangedWhileReading(f"{len(changed)} file(s) changed while being ingested (first: {changed[:5]}); "
-                                  f"let the run finish writing, then run the same command again")
+        raise ChangedWhileReading(f"{len(changed)} file(s) changed while being ingested (first: {changed[:5]})")
 

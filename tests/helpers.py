@@ -90,6 +90,17 @@ def counts(store):
                 for t in ("package", "file_entry", "blob", "audit_event")}
 
 
+def requests_by_route(server) -> dict[tuple[str, str], float]:
+    """(method, route) -> requests answered so far, from the served /metrics."""
+    counts: dict[tuple[str, str], float] = {}
+    for line in server.http.get(f"{server.url}/metrics").text.splitlines():
+        if line.startswith("artifact_store_http_requests_total{"):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+            key = (labels["method"], labels["route"])
+            counts[key] = counts.get(key, 0) + float(line.rsplit(" ", 1)[1])
+    return counts
+
+
 def make_tar(files: dict[str, bytes], pax: dict[str, dict] | None = None) -> bytes:
     """A PAX tar of these files (with optional per-member PAX headers), made by tarfile."""
     buf = io.BytesIO()

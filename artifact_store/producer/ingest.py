@@ -12,8 +12,10 @@ the same package when started again:
    in step 5 while the small files' batches travel (0.6 s per GiB of cutting
    that overlaps them);
 2. find the run's live package (producer + run_id) or create it;
-   a finalized one is compared with the run: identical -> done, nothing sent;
-   different -> IngestConflict naming the paths, nothing changed;
+   a finalized one is compared with the run (its manifest): identical -> done,
+   nothing sent; different -> IngestConflict naming the paths, nothing changed.
+   A match is remembered (hashcache.py): the same files against the same
+   manifest digest are not compared again;
 3. list what the package already holds; keep only files it lacks or holds
    with other bytes;
 4. ask which digests the store lacks (5,000 a request); attach the others by
@@ -32,7 +34,8 @@ the same package when started again:
    have been. A large file sent with no digest of ours is sent at its scanned
    size exactly and must keep its scanned stat until the server answers.
    Files that repeat an uploaded digest are attached afterwards;
-6. finalize.
+6. finalize, then compare the package with the run as in step 2 (so the next
+   unchanged run of it only asks for the package).
 """
 
 from __future__ import annotations
@@ -226,7 +229,11 @@ class Ingestor:
             raise
 
     def check_finalized(self, package: dict, digests: dict[str, str | None]) -> None:
+        """The finalized package must hold exactly the run's files (IngestConflict otherwise);
+        a match found before, for the same files and manifest digest, is not asked again."""
         self.known(digests, self.run.files)
+        if self.cache.matched(package["id"], package["manifest_digest"], digests):
+            return
         manifest = self.client.manifest(package["id"])
         stored = {f["path"]: f["sha256"] for f in manifest["files"]}
         differ = sorted(p for p in set(stored) | set(digests) if stored.get(p) != digests.get(p))
@@ -237,6 +244,7 @@ class Ingestor:
                 f"run {self.run.run_id!r} is already finalized as {package['id']} with other content: "
                 f"{len(differ)} path(s) differ: {shown}{more}. A finalized package never changes; "
                 f"give the new run its own run_id.")
+        self.cache.store_match(package["id"], package["manifest_digest"], digests)
 
     # 3-5 ----------------------------------------------------------------------
     def missing(self, digests: dict[str, str]) -> set[str]:
@@ -372,6 +380,7 @@ class Ingestor:
         else:
             self.send(package, digests, missing.result())
             package = self.client.finalize(package["id"])
+            self.check_finalized(package, digests)  # it holds what we sent, and the next run of this need not ask
         return {
             "package_id": package["id"],
             "manifest_digest": package["manifest_digest"],

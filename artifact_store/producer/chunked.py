@@ -69,11 +69,12 @@ def sampled_chunks_held(client: StoreClient, path: str, size: int) -> bool:
     """
     if size < SAMPLE_FROM:  # the windows would overlap: cut it whole instead
         return True
-    ids = set()
+    ids, window = set(), bytearray(SAMPLE_SIZE)  # one buffer: a fresh 6 MiB each time cost page faults
     with open(path, "rb", buffering=0) as f:
         for i in range(SAMPLES):
-            data = os.pread(f.fileno(), SAMPLE_SIZE, (size - SAMPLE_SIZE) * i // (SAMPLES - 1))
-            ids.update(chunking.chunk_id(c.data) for c in list(chunking.new_cutter().cut_buf(data))[1:-1])
+            n = os.preadv(f.fileno(), [window], (size - SAMPLE_SIZE) * i // (SAMPLES - 1))
+            cuts = list(chunking.new_cutter().cut_buf(memoryview(window)[:n]))[1:-1]
+            ids.update(chunking.chunk_id(c.data) for c in cuts)
     if not ids:  # no window held a whole chunk (data so uniform that it is cut at the max size)
         return True
     return len(client.missing_chunks(sorted(ids))) < len(ids)

@@ -8,9 +8,11 @@ the same package when started again:
    (chunked.py): its SHA-256 is the server's to compute from the chunks, and
    the client hashing it too cost 0.65 s of CPU per GiB for nothing the
    server may trust (it is cached once the server answers); a large file
-   whose size no other large file has (no copy) is only opened here, and cut
-   in step 5 while the small files' batches travel (0.6 s per GiB of cutting
-   that overlaps them);
+   whose size no other large file has (no copy) is only opened and sampled
+   here (chunked.sampled_chunks_held, on a thread of its own while the small
+   files are hashed and the package is made), and cut in step 5, if the store
+   holds part of it, while the small files' batches travel (0.6 s per GiB of
+   cutting that overlaps them);
 2. find the run's live package (producer + run_id) or create it;
    a finalized one is compared with the run (its manifest): identical -> done,
    nothing sent; different -> IngestConflict naming the paths, nothing changed.
@@ -45,7 +47,7 @@ import os
 import sys
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -143,6 +145,8 @@ class Ingestor:
         self._package_id = ""
         self._kept: dict[str, bytes] = {}  # path -> the very bytes hashed (so also the bytes sent)
         self._recipes: dict[str, list] = {}  # path -> the chunks of a large file, cut in step 1
+        self._sampler = ThreadPoolExecutor(1, thread_name_prefix="sample")
+        self._sampled: dict[str, Future] = {}  # path -> whether to cut it here, asked in step 1
 
     # 1 ------------------------------------------------------------------------
     def hash_all(self) -> dict[str, str]:
@@ -156,6 +160,7 @@ class Ingestor:
         for f in later:  # opened now all the same: an unreadable file stops us before the package exists
             with reading(f):
                 os.close(os.open(f.abspath, os.O_RDONLY))
+            self._sampled[f.path] = self._sampler.submit(self._sampled_held, f)  # answered while we go on
         digests.update((f.path, None) for f in later)
         todo = [f for f in todo if f.path not in digests]
         with self.progress.bar("hashing", sum(f.size for f in todo)) as bar:
@@ -331,7 +336,7 @@ class Ingestor:
             def send_file(f: LocalFile) -> None:
                 # with X-Checksum-Sha256 when we know it: a file that changed is refused (422)
                 recipe = self._recipes.pop(f.path, None)
-                if f.size > chunking.THRESHOLD and (recipe is not None or self._sampled_held(f)):
+                if f.size > chunking.THRESHOLD and (recipe is not None or self._cut_here(f)):
                     if recipe is None:  # cut now (step 1 cut only files that may be copies)
                         with reading(f):
                             recipe = chunked.recipe_of(f.abspath)
@@ -360,13 +365,24 @@ class Ingestor:
         self._kept.clear()
         self.new_bytes += sum(f.size for f in files) - sum(saved)
 
+    def _cut_here(self, f: LocalFile) -> bool:
+        """Whether to cut a large file here: the answer sampled in step 1, or asked now."""
+        sampled = self._sampled.pop(f.path, None)
+        return sampled.result() if sampled is not None else self._sampled_held(f)
+
     def _sampled_held(self, f: LocalFile) -> bool:
-        """Whether to cut a large file here (chunked.sampled_chunks_held: always under SAMPLE_FROM)."""
+        """chunked.sampled_chunks_held (always yes under SAMPLE_FROM)."""
         with reading(f):
             return chunked.sampled_chunks_held(self.client, f.abspath, f.size)
 
     # all ----------------------------------------------------------------------
     def ingest(self) -> dict:
+        try:
+            return self._ingest()
+        finally:
+            self._sampler.shutdown(cancel_futures=True)
+
+    def _ingest(self) -> dict:
         with ThreadPoolExecutor(2) as pool:
             found = pool.submit(self.client.find_package, PRODUCER, self.run.run_id)  # while we hash
             digests = self.hash_all()

@@ -13,11 +13,20 @@ def run_ingest(run_dir, url: str, *, retention_class=None, jobs: int = 4, progre
     import socket
     import sys
 
-    from .client import ApiError, StoreClient, Unreachable, token_from_env
+    from .client import StoreClient, token_from_env
     from .hashcache import HashCache, default_cache_path
-    from .ingest import IngestConflict, Ingestor, Progress
-    from .rundir import RunDirError, load
+    from .ingest import PRODUCER, Progress
+    from .rundir import RunDirError, load, read_run
 
+    try:
+        run_id = read_run(run_dir)["run_id"]
+        token = token_from_env()
+    except RunDirError as exc:
+        return 2, None, f"error: {exc}"
+    except (OSError, ValueError) as exc:
+        return 2, None, f"error: {exc}"
+    client = StoreClient(url, actor=f"{getpass.getuser()}@{socket.gethostname()}", token=token)
+    found = _in_background(client.find_package, PRODUCER, run_id)  # asked while the run is scanned
     try:
         run = load(run_dir)
     except RunDirError as exc:
@@ -26,17 +35,37 @@ def run_ingest(run_dir, url: str, *, retention_class=None, jobs: int = 4, progre
         print(f"skipped symbolic link: {link}", file=sys.stderr)
     for other in run.skipped_other:
         print(f"skipped special file: {other}", file=sys.stderr)
+    return _ingest(client, run, found if run.run_id == run_id else None,
+                   HashCache(default_cache_path() if cache_path == "default" else cache_path),
+                   jobs=jobs, retention_class=retention_class, progress=Progress(progress))
+
+
+def _in_background(call, *args):
+    """A Future of ``call(*args)`` run on a daemon thread: an exit (a run directory refused
+    while a slow service is being asked) does not wait for it, as it would for a pool's."""
+    import threading
+    from concurrent.futures import Future
+
+    future: Future = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(call(*args))
+        except BaseException as exc:  # handed to whoever asks for the result
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="find-package", daemon=True).start()
+    return future
+
+
+def _ingest(client, run, found, cache, **options):
+    """The ingest proper: its errors as (exit status, None, message); the cache closed at the end."""
+    from .client import ApiError, Unreachable
+    from .ingest import IngestConflict, Ingestor
+    from .rundir import RunDirError
+
     try:
-        token = token_from_env()
-    except (OSError, ValueError) as exc:
-        return 2, None, f"error: {exc}"
-    cache = HashCache(default_cache_path() if cache_path == "default" else cache_path)
-    try:
-        actor = f"{getpass.getuser()}@{socket.gethostname()}"
-        client = StoreClient(url, actor=actor, token=token)
-        result = Ingestor(client, run, cache, jobs=jobs, retention_class=retention_class,
-                          progress=Progress(progress)).ingest()
-        return 0, result, None
+        return 0, Ingestor(client, run, cache, found=found, **options).ingest(), None
     except (RunDirError, IngestConflict) as exc:
         return 2, None, f"error: {exc}"
     except ApiError as exc:

@@ -134,13 +134,15 @@ def batched(items: list, size: int) -> Iterable[list]:
 
 class Ingestor:
     def __init__(self, client: StoreClient, run: RunDir, cache: HashCache, *, jobs: int = 4,
-                 retention_class: str | None = None, progress: Progress | None = None) -> None:
+                 retention_class: str | None = None, progress: Progress | None = None,
+                 found: Future | None = None) -> None:
         self.client = client
         self.run = run
         self.cache = cache
         self.jobs = max(1, jobs)
         self.retention_class = retention_class
         self.progress = progress or Progress(False)
+        self._found = found  # the run's live package, asked already (client.find_package), or None
         self.new_bytes = 0
         self._package_id = ""
         self._kept: dict[str, bytes] = {}  # path -> the very bytes hashed (so also the bytes sent)
@@ -384,7 +386,7 @@ class Ingestor:
 
     def _ingest(self) -> dict:
         with ThreadPoolExecutor(2) as pool:
-            found = pool.submit(self.client.find_package, PRODUCER, self.run.run_id)  # while we hash
+            found = self._found or pool.submit(self.client.find_package, PRODUCER, self.run.run_id)  # while we hash
             digests = self.hash_all()
             existing = found.result()
             if existing is None or existing["status"] != "finalized":  # asked while the package is made

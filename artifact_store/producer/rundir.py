@@ -103,8 +103,8 @@ def _read_json(root: Path, name: str, required: bool) -> dict | None:
     return value
 
 
-def load(root: Path) -> RunDir:
-    """Scan and check a run directory; RunDirError explains anything that stops ingestion."""
+def read_run(root: Path) -> dict:
+    """The run directory's run.json, checked (RunDirError): its run_id can be used before the scan."""
     root = Path(root)
     if not root.is_dir():
         raise RunDirError(f"{root} is not a directory")
@@ -114,6 +114,13 @@ def load(root: Path) -> RunDir:
         raise RunDirError("run.json needs a run_id: a non-empty string of at most 256 characters")
     if run.get("schema") not in (None, RUN_SCHEMA):
         raise RunDirError(f"run.json schema is {run.get('schema')!r}; this helper reads {RUN_SCHEMA!r}")
+    return run
+
+
+def load(root: Path) -> RunDir:
+    """Scan and check a run directory; RunDirError explains anything that stops ingestion."""
+    root = Path(root)
+    run = read_run(root)
     files, links, other = scan(root)
     present = {f.path for f in files}
     reports = run.get("reports") or {}

@@ -98,7 +98,7 @@ class FileItem(MethodView):
         Sending the same bytes to the same path again answers 200 with the entry (a safe retry).
         """
         entry, changed = context.store().files.put(
-            package_id, context.raw_logical_path(PATH_PREFIX_SEGMENTS), request_body().chunks(),
+            package_id, context.raw_logical_path(PATH_PREFIX_SEGMENTS), request_body(),
             actor=context.actor(), media_type=media_type(), expected_sha256=expected_digest(),
             expected_size=request.content_length, replace=query["replace"])
         metrics.deduplicated(entry.deduplicated)

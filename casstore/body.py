@@ -85,3 +85,6 @@ class RequestBody:
         """The whole body, ``size`` bytes at a time."""
         while data := self.read(size):
             yield data
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self.chunks()

@@ -106,3 +106,20 @@ class IterReader:
         dest[:n] = self._buf[:n]
         self._buf = self._buf[n:]
         return n
+
+
+class HeadThen:
+    """A ``readinto`` stream: the bytes ``head`` first, then ``rest.readinto`` (a request body
+    whose first piece was read to tell a small body from a large one)."""
+
+    def __init__(self, head: bytes, rest) -> None:
+        self._head = memoryview(head)
+        self._rest = rest
+
+    def readinto(self, dest: memoryview) -> int:
+        if not self._head:
+            return self._rest.readinto(dest)
+        n = min(len(dest), len(self._head))
+        dest[:n] = self._head[:n]
+        self._head = self._head[n:]
+        return n

@@ -38,6 +38,7 @@ add bytes and say what to record, never sequence the steps themselves::
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -115,14 +116,18 @@ class BlobWriter:
                    expected_size: int | None = None, size_hint: int | None = None,
                    small_limit: int = SMALL_BLOB) -> StagedBlob:
         """Take in a stream of bytes, hashing as it goes; bodies of at most ``small_limit``
-        bytes stay in memory. Raises DigestMismatch / IncompleteBody on a broken promise."""
+        bytes stay in memory. Raises DigestMismatch / IncompleteBody on a broken promise.
+
+        ``chunks`` is an iterable of byte strings; one that also has ``readinto`` (a request
+        body) is read, past its first piece, straight into the chunker's buffer when cut."""
         it = iter(chunks)
         head, ended = _read_upto(it, small_limit)
         if ended:
             return self.add_bytes(head, expected_sha256, expected_size)
         size = size_hint or expected_size
         if size is None or size > chunking.THRESHOLD:  # a large file (or one of unknown size): chunks
-            staged = self._stage_chunked(_prepend(head, it))
+            rest = chunks if hasattr(chunks, "readinto") else chunking.IterReader(it)
+            staged = self._stage_chunked(chunking.HeadThen(head, rest))
         else:
             staged = self._stage_large(_prepend(head, it), size)
         return self._checked(staged, expected_sha256, expected_size)
@@ -142,9 +147,10 @@ class BlobWriter:
         staged.digests = hasher.result()
         return staged
 
-    def _stage_chunked(self, chunks: Iterator[bytes]) -> StagedBlob:
-        """Cut the stream into chunks while hashing the whole; write only the chunks the store
-        lacks, back to back into one chunk pack of this writer (no pack if there are none).
+    def _stage_chunked(self, reader) -> StagedBlob:
+        """Cut the stream (``readinto``) into chunks while hashing the whole; write only the
+        chunks the store lacks, back to back into one chunk pack of this writer (no pack if
+        there are none).
 
         Nothing is staged whole: the pack is the chunks' final place, recorded (or not) by the
         claim. A chunk the store holds ('present', with references) is skipped as it goes by.
@@ -153,8 +159,8 @@ class BlobWriter:
         staged = StagedBlob(None, chunked=c)  # type: ignore[arg-type]
         self.staged.append(staged)
         hasher = Hasher()
-        with self.blobs.chunks.hints() as hints:
-            new_bytes = _new_chunks(chunking.IterReader(_hashed(chunks, hasher)), c, hints)
+        with self.blobs.chunks.hints() as hints, _HashedBehind(hasher) as hashing:
+            new_bytes = _new_chunks(reader, c, hints, hashing)
             self._write_chunk_pack(c, new_bytes)
         staged.digests = hasher.result()
         return staged
@@ -192,8 +198,8 @@ class BlobWriter:
         staged = StagedBlob(None, chunked=c)  # type: ignore[arg-type]
         self.staged.append(staged)
         hasher, missing = Hasher(), []
-        with self.blobs.chunks.hints() as hints, _SplitHasher(hasher) as split:
-            new_bytes = _assembled(recipe, iter(sent), c, split, hints, self.blobs.chunks, missing)
+        with self.blobs.chunks.hints() as hints, _HashedBehind(hasher) as hashing:
+            new_bytes = _assembled(recipe, iter(sent), c, hashing, hints, self.blobs.chunks, missing)
             self._write_chunk_pack(c, new_bytes)
         if missing:
             raise ChunksMissing(f"{len(missing)} chunk(s) of this file are not in the store; send them and retry",
@@ -286,10 +292,13 @@ class BlobWriter:
             log.warning("could not tidy after a commit", exc_info=True)
 
 
-def _new_chunks(reader: chunking.IterReader, c: ChunkedBytes, hints) -> Iterator[bytes]:
-    """Cut; record each chunk in the recipe; yield the bytes of those the store lacks (once each)."""
+def _new_chunks(reader, c: ChunkedBytes, hints, hashing: "_HashedBehind") -> Iterator[bytes]:
+    """Cut; hash the file chunk by chunk (its chunks in order are its bytes); record each
+    chunk in the recipe; yield the bytes of those the store lacks (once each)."""
     for chunk in chunking.new_cutter().cut_stream(reader):
-        cid = chunking.chunk_id(chunk.data)
+        data = bytes(chunk.data)  # a copy: the chunker reuses its buffer, the hashing thread reads it later
+        hashing.update(data)
+        cid = chunking.chunk_id(data)
         c.recipe.append(chunking.RecipeEntry(cid, chunk.offset, chunk.length))
         if cid in c.new or cid in c.known:
             continue
@@ -299,11 +308,11 @@ def _new_chunks(reader: chunking.IterReader, c: ChunkedBytes, hints) -> Iterator
         c.new[cid] = c.pack_size
         c.index.append(packs.PackedBlob(cid, c.pack_size, chunk.length))
         c.pack_size += chunk.length
-        yield bytes(chunk.data)  # a copy: the chunker reuses its buffer for the next chunk
+        yield data
 
 
 def _assembled(recipe: list[tuple[str, int]], sent: Iterator[tuple[str, bytes]], c: ChunkedBytes,
-               hasher: Hasher, hints, chunks, missing: list[str]) -> Iterator[bytes]:
+               hasher: "_HashedBehind", hints, chunks, missing: list[str]) -> Iterator[bytes]:
     """Walk a recipe in file order, hashing every byte: sent chunks (checked against their id)
     as they arrive, held ones read back from the store a run at a time. Yields the bytes of
     the sent chunks to write (once each); notes in ``missing`` those neither sent nor held."""
@@ -362,50 +371,43 @@ def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
     yield from rest
 
 
-class _SplitHasher:
-    """``update`` as in ``_hashed``: SHA-256 on a helper thread one piece behind, the rest here."""
+class _HashedBehind:
+    """``update(piece)`` hashes the piece (SHA-256 and BLAKE3, both of which release the GIL)
+    on a helper thread, in order, at most DEPTH pieces behind the caller, who meanwhile
+    receives, cuts and writes: a large upload costs max(hashing, the rest) rather than
+    their sum. Pieces must not change once handed over (bytes). Leaving the block waits
+    for the last piece, so the hasher's result is complete after it."""
+
+    DEPTH = 2
 
     def __init__(self, hasher: Hasher) -> None:
         self._hasher = hasher
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="sha256")
-        self._pending = None
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="hash")
+        self._pending: deque = deque()
 
     def update(self, piece: bytes) -> None:
-        if self._pending is not None:
-            self._pending.result()
-        self._pending = self._pool.submit(self._hasher.update_sha256, piece)
-        self._hasher.update_rest(piece)
+        while len(self._pending) >= self.DEPTH:
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(self._hasher.update, piece))
 
-    def __enter__(self) -> "_SplitHasher":
+    def __enter__(self) -> "_HashedBehind":
         return self
 
     def __exit__(self, *exc) -> None:
         try:
-            if self._pending is not None:
-                self._pending.result()
+            while self._pending:
+                self._pending.popleft().result()
         finally:
-            self._pool.shutdown()
+            self._pool.shutdown(cancel_futures=True)
 
 
 def _hashed(chunks: Iterable[bytes], hasher: Hasher) -> Iterator[bytes]:
-    """Pass chunks through, hashing them on the way.
-
-    SHA-256 (the slower hash, 1.8 GB/s) runs on a helper thread one chunk
-    behind, while this thread does BLAKE3 and hands the chunk to the backend:
-    a large upload costs max(SHA-256, the rest) instead of their sum.
-    """
-    with ThreadPoolExecutor(1, thread_name_prefix="sha256") as pool:
-        pending = None
+    """Pass chunks through, hashing them on the way (_HashedBehind)."""
+    with _HashedBehind(hasher) as hashing:
         for chunk in chunks:
-            if not chunk:
-                continue
-            if pending is not None:
-                pending.result()
-            pending = pool.submit(hasher.update_sha256, chunk)
-            hasher.update_rest(chunk)
-            yield chunk
-        if pending is not None:
-            pending.result()
+            if chunk:
+                hashing.update(chunk)
+                yield chunk
 
 
 def _read_upto(chunks: Iterator[bytes], limit: int) -> tuple[bytes, bool]:

@@ -105,7 +105,8 @@ def test_a_put_shorter_than_its_content_length_is_refused(served, announced, sen
     [b"5\r\nhello\r\n"],                               # cut before the last chunk
     [b"5\r\nhello\r\n", b"400000\r\n", bytes(1000)],   # cut inside a large chunk
     [b"zz\r\nhello\r\n0\r\n\r\n"],                     # a chunk size that is not hex
-], ids=["no-last-chunk", "cut-inside-a-chunk", "bad-chunk-size"])
+    [b"100000\r\n" + bytes(1 << 20) + b"\r\n"] * 12,   # 12 MiB of a large file, then nothing: cut as it came
+], ids=["no-last-chunk", "cut-inside-a-chunk", "bad-chunk-size", "large-file-cut-after-12MiB"])
 def test_a_broken_chunked_put_is_refused(served, chunks):
     server, store = served
     pkg = new_package(server)
@@ -116,14 +117,19 @@ def test_a_broken_chunked_put_is_refused(served, chunks):
     assert_refused_and_nothing_left(served, status, headers, body, 400, before)
 
 
-def test_a_whole_chunked_put_is_recorded(served):
+@pytest.mark.parametrize("pieces", [[b"hello", b" world"], [os.urandom(1 << 20) for _ in range(12)]],
+                         ids=["small", "large-cut-as-it-comes"])
+def test_a_whole_chunked_put_is_recorded(served, pieces):
     server, _ = served
     pkg = new_package(server)
     head = (f"PUT /v1/packages/{pkg}/files/log.txt HTTP/1.1\r\nHost: x\r\n"
             "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
-    status, _, body = raw_exchange(server.port, head, [b"5\r\nhello\r\n", b"6\r\n world\r\n0\r\n\r\n"])
+    framed = [b"%x\r\n%s\r\n" % (len(p), p) for p in pieces] + [b"0\r\n\r\n"]
+    status, _, body = raw_exchange(server.port, head, framed)
     assert status == 201, body
-    assert json.loads(body)["sha256"] == sha(b"hello world")
+    assert json.loads(body)["sha256"] == sha(b"".join(pieces))
+    got = requests.get(f"{server.url}/v1/packages/{pkg}/files/log.txt", timeout=30)
+    assert got.content == b"".join(pieces)
 
 
 def test_a_tar_batch_cut_between_members_is_refused(served):

@@ -73,7 +73,10 @@ class StoreClient:
 
     def request(self, method: str, path: str, *, body: bytes | IO[bytes] | None = None,
                 json_body: Any = None, headers: dict | None = None, query: dict | None = None) -> Any:
-        """Send one request; return the decoded JSON answer, or raise ApiError / Unreachable."""
+        """Send one request; return the decoded JSON answer, or raise ApiError / Unreachable.
+
+        ``body`` is bytes, a readable file, or an object with ``send_to(socket)`` that sends
+        exactly the Content-Length given in ``headers`` itself (a file region, by sendfile)."""
         headers = {"X-Actor": self._actor, **self._auth, **(headers or {})}
         if json_body is not None:
             body = json.dumps(json_body).encode()
@@ -81,7 +84,11 @@ class StoreClient:
         url = self._prefix + path + (("?" + urlencode(query)) if query else "")
         conn = self._conn()
         try:
-            conn.request(method, url, body=body, headers=headers)
+            if hasattr(body, "send_to"):  # a file region: the kernel copies it to the socket (sendfile)
+                conn.request(method, url, headers=headers)
+                body.send_to(conn.sock)
+            else:
+                conn.request(method, url, body=body, headers=headers)
             response = conn.getresponse()
             data = response.read()
         except (OSError, http.client.HTTPException) as exc:

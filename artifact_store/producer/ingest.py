@@ -57,7 +57,7 @@ from casstore.tarstream import tar_of
 from . import chunked
 from .client import StoreClient
 from .hashcache import HashCache
-from .rundir import LocalFile, RunDir, RunDirError
+from .rundir import ChangedWhileReading, LocalFile, RunDir, RunDirError
 
 PRODUCER = "guide-board"
 SMALL_FILE = 1 << 20
@@ -71,13 +71,6 @@ KEEP_BYTES = 16 << 20  # small files' bytes kept from hashing to uploading (read
 
 class IngestConflict(Exception):
     """The run id is already finalized with other content (exit status 2, nothing changed)."""
-
-
-class ChangedWhileReading(RunDirError):
-    """A file's bytes changed between hashing and uploading (exit status 2; run again)."""
-
-    def __init__(self, what: str) -> None:
-        super().__init__(f"{what}; let the run finish writing, then run the same command again")
 
 
 @dataclass
@@ -339,11 +332,9 @@ class Ingestor:
                 # with X-Checksum-Sha256 when we know it: a file that changed is refused (422)
                 recipe = self._recipes.pop(f.path, None)
                 if f.size > chunking.THRESHOLD and (recipe is not None or self._cut_here(f)):
-                    if recipe is None:  # cut now (step 1 cut only files that may be copies)
-                        with reading(f):
-                            recipe = chunked.recipe_of(f.abspath)
-                    entry, sent = chunked.upload(self.client, package_id, f.path, f.abspath, digests[f.path],
-                                                 f.path in replace, recipe=recipe)
+                    with reading(f):  # cut as it is sent (step 1 cut only files that may be copies)
+                        entry, sent = chunked.upload(self.client, package_id, f.path, f.abspath,
+                                                     digests[f.path], f.path in replace, recipe=recipe)
                     saved.append(f.size - sent)
                 else:  # a small file, or a large one new to the store: whole (the server cuts a large one)
                     with reading(f), open(f.abspath, "rb") as stream:

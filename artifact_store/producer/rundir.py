@@ -26,6 +26,13 @@ class RunDirError(Exception):
     """The run directory cannot be ingested as it is (exit status 2, nothing uploaded)."""
 
 
+class ChangedWhileReading(RunDirError):
+    """A file's bytes changed between hashing and uploading (exit status 2; run again)."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what}; let the run finish writing, then run the same command again")
+
+
 @dataclass(frozen=True)
 class LocalFile:
     path: str  # logical path: relative, POSIX

@@ -126,15 +126,11 @@ class ChunkedFile(MethodView):
     def post(self, query, package_id, logical_path):
         """Add a large file as its chunk list, sending only the chunks the store lacks.
 
-        The body is an uncompressed tar: `recipe.json` (`{"chunker", "chunks": [[id, size], ...],
-        "media_type"}`), then one member per chunk of it the store lacks (`POST /v1/chunks/missing`),
-        named by its id, in recipe order, once each time it occurs. More `recipe.json` members may
-        follow, each listing the file's next chunks (`{"chunks": ...}`) followed by those of them the
-        store lacks: a client cuts the file as it sends it (Content-Length unknown: chunked transfer
-        coding), and the server hashes each part as it comes. The server derives every sent chunk's id
+        The body is an uncompressed tar: first `recipe.json` (`{"chunker", "chunks": [[id, size], ...],
+        "media_type"}`), then one member per chunk the store lacks (`POST /v1/chunks/missing`), named
+        by its id, in recipe order, once each time it occurs. The server derives every sent chunk's id
         from its bytes and computes the file's SHA-256 and BLAKE3 itself (422 if they differ from
-        X-Checksum-Sha256, or if a member is not the next chunk its part lists); 409 with
-        `missing_chunks` if a chunk was neither sent nor held.
+        X-Checksum-Sha256); 409 with `missing_chunks` if a chunk was neither sent nor held.
         """
         entry, changed = context.store().files.put_chunked(
             package_id, context.raw_logical_path(PATH_PREFIX_SEGMENTS), request_body(), actor=context.actor(),

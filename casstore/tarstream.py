@@ -54,13 +54,8 @@ class Member:
 
 
 class TarReader:
-    def __init__(self, stream: IO[bytes], readahead: int = READ) -> None:
-        """``readahead``: the least a refill asks of ``stream`` (whose reads wait for all they
-        ask). A body whose sender pauses between members (it cuts the next part of a file
-        first: chunked_body.py) is read with BLOCK, so a member is taken in as soon as it has
-        come, not once 64 KiB more have."""
+    def __init__(self, stream: IO[bytes]) -> None:
         self._raw = stream
-        self._readahead = readahead
         self._buf = b""
         self._pos = 0
         self._left = 0  # data bytes of the current member not read yet
@@ -169,12 +164,12 @@ class TarReader:
     def _some(self, n: int) -> bytes:
         """Up to n bytes (at least one), from the buffer first; small asks refill the buffer."""
         if self._pos >= len(self._buf):
-            if n >= self._readahead:  # a large member's chunk: straight from the stream, no copy
+            if n >= READ:  # a large member's chunk: straight from the stream, no copy
                 data = self._raw.read(n)
                 if not data:
                     raise InvalidInput("the tar stream ends in the middle of a member")
                 return data
-            self._buf, self._pos = self._raw.read(self._readahead), 0
+            self._buf, self._pos = self._raw.read(READ), 0
             if not self._buf:
                 raise InvalidInput("the tar stream ends in the middle of a member")
         data = self._buf[self._pos:self._pos + n]
@@ -190,7 +185,7 @@ class TarReader:
         parts, have = [self._buf[self._pos:]], len(self._buf) - self._pos
         self._buf, self._pos = b"", 0
         while have < n:
-            data = self._raw.read(max(self._readahead, n - have))
+            data = self._raw.read(max(READ, n - have))
             if not data:
                 if eof_ok and have == 0:
                     return None

@@ -182,14 +182,14 @@ class BlobWriter:
             trailer = _lazy(lambda: packs.trailer(c.index, packs.CHUNK_FORMAT))
             self.blobs.storage.put_stream(c.pack_key, _chain(first, chunks, trailer))
 
-    def add_chunked(self, chunker: str, chunks: Iterator[tuple[str, int, bytes | None]], *,
+    def add_chunked(self, chunker: str, recipe: list[tuple[str, int]], sent: Iterator[tuple[str, bytes]], *,
                     expected_sha256: str | None = None) -> StagedBlob:
-        """Take in a large file given as its chunks in order, (id, size, bytes): the bytes of
-        those the store lacks come with them (each time they occur), the others (None) are
-        read from the store. Each sent chunk's id is derived from its bytes here, and the
-        file's SHA-256 and BLAKE3 are computed here over all of its bytes in order: nothing
-        is taken from the client's word. Chunks neither sent nor held raise ChunksMissing
-        (nothing recorded); the client sends them and repeats.
+        """Take in a large file given as its ordered chunk list (id, size): the chunks the store
+        lacks come in ``sent`` as (id, bytes), in recipe order (a chunk each time it occurs);
+        the others are read from the store. Each sent chunk's id is derived from its bytes here,
+        and the file's SHA-256 and BLAKE3 are computed here over all of its bytes in order:
+        nothing is taken from the client's word. Chunks neither sent nor held raise
+        ChunksMissing (nothing recorded); the client sends them and repeats.
         """
         if chunker != chunking.CHUNKER:
             raise InvalidInput(f"chunks cut by {chunker!r} cannot be stored here: this store uses "
@@ -199,7 +199,7 @@ class BlobWriter:
         self.staged.append(staged)
         hasher, missing = Hasher(), []
         with self.blobs.chunks.hints() as hints, _HashedBehind(hasher, split=True) as hashing:
-            new_bytes = _assembled(chunks, c, hashing, hints, self.blobs.chunks, missing)
+            new_bytes = _assembled(recipe, iter(sent), c, hashing, hints, self.blobs.chunks, missing)
             self._write_chunk_pack(c, new_bytes)
         if missing:
             raise ChunksMissing(f"{len(missing)} chunk(s) of this file are not in the store; send them and retry",
@@ -311,29 +311,27 @@ def _new_chunks(reader, c: ChunkedBytes, hints, hashing: "_HashedBehind") -> Ite
         yield data
 
 
-HELD_RUN = 64  # held chunks located and read back together (one query, neighbours in one read)
-
-
-def _assembled(chunks: Iterator[tuple[str, int, bytes | None]], c: ChunkedBytes, hasher: "_HashedBehind",
-               hints, store_chunks, missing: list[str]) -> Iterator[bytes]:
-    """Walk a file's chunks in order, hashing every byte: sent chunks (checked against their
-    id) as they arrive, held ones read back from the store HELD_RUN at a time. Yields the
-    bytes of the sent chunks to write (once each); notes in ``missing`` those neither sent
-    nor held."""
+def _assembled(recipe: list[tuple[str, int]], sent: Iterator[tuple[str, bytes]], c: ChunkedBytes,
+               hasher: "_HashedBehind", hints, chunks, missing: list[str]) -> Iterator[bytes]:
+    """Walk a recipe in file order, hashing every byte: sent chunks (checked against their id)
+    as they arrive, held ones read back from the store a run at a time. Yields the bytes of
+    the sent chunks to write (once each); notes in ``missing`` those neither sent nor held."""
     offset, run = 0, []
+    upcoming = next(sent, None)
 
     def flush() -> None:
         located = hints.located(sorted({cid for cid, _ in run}))
         lost = [cid for cid, _ in run if cid not in located]
         missing.extend(lost)
         if not lost and not missing:  # once a chunk is missing the file cannot be hashed: only list the rest
-            for piece in store_chunks.read_located([(cid, located[cid]) for cid, _ in run], missing):
+            for piece in chunks.read_located([(cid, located[cid]) for cid, _ in run], missing):
                 hasher.update(piece)
         c.known.update(located)
         run.clear()
 
-    for cid, size, data in chunks:
-        if data is not None:
+    for cid, size in recipe:
+        if upcoming is not None and upcoming[0] == cid:
+            data, upcoming = upcoming[1], next(sent, None)
             if len(data) != size or chunking.chunk_id(data) != cid:
                 raise DigestMismatch(f"a chunk sent as {cid} ({size} bytes) has {len(data)} bytes "
                                      f"that give {chunking.chunk_id(data)}", chunk=cid)
@@ -348,12 +346,14 @@ def _assembled(chunks: Iterator[tuple[str, int, bytes | None]], c: ChunkedBytes,
                 yield data
         else:
             run.append((cid, size))
-            if len(run) >= HELD_RUN:
+            if len(run) >= 256:
                 flush()
         c.recipe.append(chunking.RecipeEntry(cid, offset, size))
         offset += size
     if run:
         flush()
+    if upcoming is not None:
+        raise InvalidInput(f"chunk {upcoming[0]} was sent but is not where the recipe expects it")
 
 
 def _lazy(make) -> Iterator[bytes]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import random
@@ -98,72 +97,6 @@ def test_chunks_neither_sent_nor_held_are_listed(server, store, tmp_path):
     except ApiError as exc:
         assert exc.status == 422
     assert server.http.get(f"{server.url}/v1/packages/{other}/files").json()["items"] == []
-
-
-def test_a_file_cut_as_it_is_sent_goes_as_recipe_parts_each_followed_by_its_new_chunks(server, store, tmp_path,
-                                                                                        monkeypatch):
-    """streamed_body: a recipe.json per PART chunks, then the chunks of that part the store lacks
-    (each time they occur); read back in file order (ChunkedBody), it is the file's recipe."""
-    from casstore.services.chunked_body import ChunkedBody
-
-    monkeypatch.setattr(chunked, "PART", 8)  # parts of 8 chunks: several in a file of 69 MiB
-
-    held = random.Random(11).randbytes(40 * MIB)
-    data = held[:20 * MIB] + os.urandom(6 * MIB) + held[20 * MIB:] + held[:3 * MIB]  # new bytes, then a repeat
-    path = write(tmp_path / "f.bin", data)
-    client = StoreClient(server.url)
-    chunked.upload(client, server.create()["id"], "held.bin", write(tmp_path / "held.bin", held), sha(held), False)
-    recipe = chunked.recipe_of(path)
-    lacking = client.missing_chunks([e.chunk_id for e in recipe])
-    assert 0 < len(lacking) < len(recipe) // 2
-    sent = [0]
-    body = b"".join(chunked.streamed_body(client, path, sent))
-    parsed = ChunkedBody(io.BytesIO(body))
-    assert parsed.chunker == chunking.CHUNKER
-    in_order = list(parsed.chunks_in_order())
-    assert [(cid, size) for cid, size, _ in in_order] == [(e.chunk_id, e.size) for e in recipe]
-    assert [cid for cid, _, b in in_order if b is not None] == [e.chunk_id for e in recipe if e.chunk_id in lacking]
-    assert sent[0] == sum(e.size for e in recipe if e.chunk_id in lacking)
-    assert body.count(b"recipe.json") == -(-len(recipe) // chunked.PART) > 1
-    entry, sent_again = chunked.upload(client, server.create()["id"], "f.bin", path, None, False)
-    assert (entry["sha256"], entry["size"], sent_again) == (sha(data), len(data), sent[0])
-    assert store.verify.run(deep=True).findings == []
-
-
-@pytest.mark.parametrize("case", ["a chunk before its recipe part", "a chunk its part does not list",
-                                  "a second part naming another chunker"])
-def test_recipe_parts_out_of_place_are_refused_and_record_nothing(server, store, tmp_path, case):
-    from casstore.tarstream import tar_of
-
-    data = random.Random(12).randbytes(12 * MIB)
-    recipe = chunked.recipe_of(write(tmp_path / "f.bin", data))
-    assert len(recipe) >= 4
-
-    def part(entries, **extra) -> tuple[str, bytes]:
-        return "recipe.json", json.dumps({**extra, "chunks": [[e.chunk_id, e.size] for e in entries]}).encode()
-
-    def member(e) -> tuple[str, bytes]:
-        return e.chunk_id, data[e.offset:e.offset + e.size]
-
-    first, second = recipe[:2], recipe[2:]
-    good = [part(first, chunker=chunking.CHUNKER), *map(member, first), part(second), *map(member, second)]
-    members = {
-        "a chunk before its recipe part": [good[0], *map(member, first), member(second[0]), part(second),
-                                           *map(member, second[1:])],
-        "a chunk its part does not list": [good[0], member(first[0]), member(second[0]), part(second)],
-        "a second part naming another chunker": good[:3] + [part(second, chunker="other")] + good[4:],
-    }[case]
-    pkg = server.create()["id"]
-    before = sorted(i.key for i in store.storage.list(""))
-    if case == "a second part naming another chunker":  # only the first part's chunker counts: accepted
-        r = server.http.post(f"{server.url}/v1/packages/{pkg}/chunked/f.bin", data=tar_of(members))
-        assert r.status_code == 201 and r.json()["sha256"] == sha(data)
-        return
-    r = server.http.post(f"{server.url}/v1/packages/{pkg}/chunked/f.bin", data=tar_of(members))
-    assert_problem(r, 422)
-    assert "is not a chunk its recipe part lists next" in r.json()["detail"]
-    assert sorted(i.key for i in store.storage.list("")) == before
-    assert server.http.post(f"{server.url}/v1/packages/{pkg}/chunked/f.bin", data=tar_of(good)).status_code == 201
 
 
 def test_missing_chunks_endpoint(server, tmp_path):
@@ -339,12 +272,12 @@ def test_a_large_file_that_changed_after_the_scan_is_an_error_not_a_silent_mix(s
 
 @pytest.mark.parametrize("size,error,files", [
     (chunked.SAMPLE_FROM + MIB, "raw/capture.bin became shorter while being sent", 1),  # sent whole: run.json only
-    (20 * MIB, "raw/capture.bin changed while being ingested", 2),  # cut as sent: what it held then, unfinalized
-], ids=["sent-whole", "cut-as-sent"])
+    (20 * MIB, "raw/capture.bin changed while being ingested", 2),  # cut here: what it held then, unfinalized
+], ids=["sent-whole", "cut-here"])
 def test_a_large_file_that_shrank_after_the_scan_stops_at_once(server, tmp_path, size, error, files):
     """Sent whole, it is read up to its scanned size: shorter is ChangedWhileReading as soon as it
-    shows, not a body the server waits for until its timeout (nor a network error). Cut as it is
-    sent, what was cut is sent, and the stat check stops the ingest before it finalizes."""
+    shows, not a body the server waits for until its timeout (nor a network error). Cut here,
+    what was cut is sent, and the stat check stops the ingest before it finalizes."""
     from artifact_store.producer.hashcache import HashCache
     from artifact_store.producer.ingest import ChangedWhileReading, Ingestor
     from artifact_store.producer.rundir import load
@@ -363,3 +296,18 @@ def test_a_large_file_that_shrank_after_the_scan_stops_at_once(server, tmp_path,
     assert time.monotonic() - started < 20
     found = server.http.get(f"{server.url}/v1/packages", params={"run_id": "shrank"}).json()["items"]
     assert [(p["status"], p["file_count"]) for p in found] == [("uploading", files)]
+
+
+def test_a_chunk_body_whose_file_shrank_while_sent_is_the_runs_error_not_the_networks(server, tmp_path):
+    """body_of reads each chunk back when its turn comes: a file cut shorter meanwhile is
+    ChangedWhileReading (exit 2, run again), not an OSError taken for a network failure (exit 1)."""
+    from artifact_store.producer.ingest import ChangedWhileReading
+
+    path = write(tmp_path / "f.bin", random.Random(13).randbytes(12 * MIB))
+    recipe = chunked.recipe_of(path)
+    os.truncate(path, 6 * MIB)
+    try:
+        chunked.upload(StoreClient(server.url), server.create()["id"], "f.bin", path, None, False, recipe=recipe)
+        raise AssertionError("the upload went on")
+    except ChangedWhileReading as exc:
+        assert "became shorter while being sent" in str(exc)

@@ -2,14 +2,12 @@
 
 The same chunker as the server (casstore.chunking: its settings travel by name,
 and the server refuses another). One request per file carries the recipe and the
-missing chunks: cut as it is sent, a part of PART chunks at a time, the store asked
-which of each part it lacks (streamed_body); or, for a file cut already, its whole
-recipe first (body_of). The server derives each chunk's id from its bytes, reads
-the chunks it holds back, and computes the file's SHA-256 and BLAKE3 itself. If gc
-took a chunk between our question and the upload, the answer (409) lists it and we
-send again with it. Memory stays flat: the file is cut as a stream (about 2 x 4 MiB
-of buffer; an mmap would count the whole file in the resident size) and each chunk
-is read back with pread when its turn comes.
+missing chunks; the server derives each chunk's id from its bytes, reads the chunks
+it holds back, and computes the file's SHA-256 and BLAKE3 itself. If gc took a chunk
+between our question and the upload, the answer (409) lists it and we send again
+with it. Memory stays flat: the file is cut as a stream (about 2 x 4 MiB of buffer;
+an mmap would count the whole file in the resident size) and each chunk is read
+back with pread when its turn comes.
 
 A file the store holds none of (sampled_chunks_held) is not cut here: it goes
 whole with PUT, and the server cuts it as it arrives.
@@ -20,18 +18,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 
 from casstore import chunking
-from casstore.prefetch import Prefetched
 from casstore.tarstream import END_OF_ARCHIVE, member_header, padding
 
 from .client import ApiError, StoreClient
-from .rundir import ChangedWhileReading, RunDirError
+from .rundir import ChangedWhileReading
 
 MISSING_BATCH = 10_000
-PART = 64  # chunks per recipe part of a streamed body (about 64 MiB, cut in ~40 ms)
-RECIPE = "recipe.json"
 ATTEMPTS = 10
 # Sampling a large file before cutting it whole (sampled_chunks_held):
 SAMPLES = 8
@@ -97,8 +91,7 @@ def missing_chunks(client: StoreClient, recipe: list[chunking.RecipeEntry]) -> s
 
 def body_of(path: str, recipe: list[chunking.RecipeEntry], send: set[str],
             media_type: str | None) -> tuple[int, Iterator[bytes]]:
-    """(length, stream) of a body for a file cut already: its whole recipe as one recipe.json
-    part, then each chunk to send."""
+    """(length, stream) of the tar the server takes: recipe.json, then each chunk to send."""
     doc = {"chunker": chunking.CHUNKER, "chunks": [[e.chunk_id, e.size] for e in recipe]}
     if media_type:
         doc["media_type"] = media_type
@@ -107,11 +100,16 @@ def body_of(path: str, recipe: list[chunking.RecipeEntry], send: set[str],
     size = sum(512 + n + len(padding(n)) for n in [len(head), *(e.size for e in sent)]) + len(END_OF_ARCHIVE)
 
     def stream() -> Iterator[bytes]:
-        yield member_header(RECIPE, len(head)) + head + padding(len(head))
+        yield member_header("recipe.json", len(head)) + head + padding(len(head))
         fd = os.open(path, os.O_RDONLY)
         try:
             for e in sent:
-                yield from _chunk_member(fd, path, e)
+                data = os.pread(fd, e.size, e.offset)
+                if len(data) != e.size:  # the run's error (exit 2), not the network's (an OSError would be)
+                    raise ChangedWhileReading(f"{path} became shorter while being sent")
+                yield member_header(e.chunk_id, e.size)
+                yield data
+                yield padding(e.size)
         finally:
             os.close(fd)
         yield END_OF_ARCHIVE
@@ -119,83 +117,15 @@ def body_of(path: str, recipe: list[chunking.RecipeEntry], send: set[str],
     return size, stream()
 
 
-def _chunk_member(fd: int, path: str, e: chunking.RecipeEntry) -> Iterator[bytes]:
-    """One chunk as a tar member named by its id, read back from the file (pread)."""
-    data = os.pread(fd, e.size, e.offset)
-    if len(data) != e.size:
-        raise ChangedWhileReading(f"{path} became shorter while being sent")
-    yield member_header(e.chunk_id, e.size)
-    yield data
-    yield padding(e.size)
-
-
-def streamed_body(client: StoreClient, path: str, sent: list[int]) -> Iterator[bytes]:
-    """A body for a file not cut yet, of unknown length: cut as it is sent, PART chunks at a
-    time (on a helper thread, which also asks the store which of them it lacks), each part a
-    recipe.json of its own followed by the chunks of it the store lacks. The server hashes
-    the parts as they come, while the next is being cut: run 2's 1 GiB capture cost the
-    cutting (0.7 s) and then the server's assembling (0.8 s) one after the other before.
-    Adds the bytes of the chunks sent to ``sent[0]``."""
-    lacking: set[str] = set()
-    doc: dict = {"chunker": chunking.CHUNKER}
-    try:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            with Prefetched(_parts(client, path), depth=2) as parts:
-                for part, lacks in parts:
-                    lacking |= lacks.result()
-                    doc["chunks"] = [[e.chunk_id, e.size] for e in part]
-                    head = json.dumps(doc, separators=(",", ":")).encode()
-                    yield member_header(RECIPE, len(head)) + head + padding(len(head))
-                    doc = {}
-                    for e in part:
-                        if e.chunk_id in lacking:
-                            yield from _chunk_member(fd, path, e)
-                            sent[0] += e.size
-        finally:
-            os.close(fd)
-    except OSError as exc:  # the file's (the store's answers raise ApiError / Unreachable), not the network's
-        raise RunDirError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    yield END_OF_ARCHIVE
-
-
-def _parts(client: StoreClient, path: str) -> Iterator[tuple[list[chunking.RecipeEntry], Future]]:
-    """The file's chunks PART at a time, each part with the answer (a Future) to which of its
-    ids the store lacks: asked on a thread of its own while the next part is cut (each id
-    asked once; under load an answer took 17 ms, 0.3 s of a GiB's cutting when waited for)."""
-    asked: set[str] = set()
-    part: list[chunking.RecipeEntry] = []
-    with open(path, "rb", buffering=0) as f, ThreadPoolExecutor(1, thread_name_prefix="ask") as asking:
-        for c in chunking.new_cutter().cut_stream(f):
-            part.append(chunking.RecipeEntry(chunking.chunk_id(c.data), c.offset, c.length))
-            if len(part) == PART:
-                yield part, asking.submit(_lacking, client, part, asked)
-                part = []
-        if part:
-            yield part, asking.submit(_lacking, client, part, asked)
-
-
-def _lacking(client: StoreClient, part: list[chunking.RecipeEntry], asked: set[str]) -> set[str]:
-    new = sorted({e.chunk_id for e in part} - asked)  # one asking thread: parts in order
-    asked.update(new)
-    return client.missing_chunks(new) if new else set()
-
-
 def upload(client: StoreClient, package_id: str, rel_path: str, abspath: str, sha256: str | None,
            replace: bool, races=None, recipe: list[chunking.RecipeEntry] | None = None) -> tuple[dict, int]:
-    """Send one large file; returns (the entry the server recorded, bytes of chunks sent).
-    Cut as it is sent (streamed_body), or, given its recipe, as that recipe and the chunks
-    the store lacks. If gc took a chunk between our question and the upload (409, listed),
-    it is sent again, whole recipe first. ``sha256``, if known, is sent for the server to check."""
-    send = None
+    """Send one large file (its recipe, if cut already); returns (the entry the server recorded,
+    bytes of chunks sent). ``sha256``, if known, is sent for the server to check."""
+    recipe = recipe if recipe is not None else recipe_of(abspath)
+    send = missing_chunks(client, recipe)
     for attempt in range(ATTEMPTS):
+        size, body = body_of(abspath, recipe, send, None)
         try:
-            if recipe is None:
-                sent = [0]
-                return client.upload_chunked(package_id, rel_path, streamed_body(client, abspath, sent), None,
-                                             sha256, replace), sent[0]
-            send = missing_chunks(client, recipe) if send is None else send
-            size, body = body_of(abspath, recipe, send, None)
             entry = client.upload_chunked(package_id, rel_path, body, size, sha256, replace)
             return entry, sum(e.size for e in recipe if e.chunk_id in send)
         except ApiError as exc:
@@ -204,6 +134,5 @@ def upload(client: StoreClient, package_id: str, rel_path: str, abspath: str, sh
                 raise
             if races is not None:  # a test counts them
                 races.chunk_races += 1
-            recipe = recipe if recipe is not None else recipe_of(abspath)
-            send = missing_chunks(client, recipe) | lost  # ask afresh
+            send = missing_chunks(client, recipe) | lost  # gc took some after we asked: ask afresh
     raise AssertionError("unreachable")

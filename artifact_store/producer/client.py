@@ -160,15 +160,12 @@ class StoreClient:
     def missing_chunks(self, ids: list[str]) -> set[str]:
         return set(self.request("POST", "/v1/chunks/missing", json_body={"chunks": ids})["missing"])
 
-    def upload_chunked(self, package_id: str, path: str, body, size: int | None, sha256: str | None,
+    def upload_chunked(self, package_id: str, path: str, body, size: int, sha256: str | None,
                        replace: bool) -> dict:
         """Send a large file as its recipe and the chunks the store lacks (a tar streamed from
-        ``body``, an iterable of byte strings of ``size`` bytes in all, or of a length not known
-        yet: None, sent with chunked transfer coding); with ``sha256``, the server refuses the
-        file unless its bytes have that digest."""
-        headers = {"Content-Type": "application/x-tar"}
-        if size is not None:
-            headers["Content-Length"] = str(size)
+        ``body``, an iterable of byte strings of ``size`` bytes in all); with ``sha256``, the
+        server refuses the file unless its bytes have that digest."""
+        headers = {"Content-Length": str(size), "Content-Type": "application/x-tar"}
         if sha256 is not None:
             headers["X-Checksum-Sha256"] = sha256
         return self.request("POST", f"/v1/packages/{package_id}/chunked/{quote(path, safe='/')}", body=body,

@@ -14,6 +14,7 @@ unless ``replace``).
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -44,7 +45,6 @@ from ..paging import Page
 from ..paths import validate_path
 from ..tarstream import TarReader
 from ..writer import BlobWriter
-from .chunked_body import ChunkedBody
 from .lookup import load_open_package, load_package, require_open
 
 DEFAULT_MEDIA_TYPE = "application/octet-stream"
@@ -173,17 +173,27 @@ class FileService:
                     expected_sha256: str | None = None, replace: bool = False) -> tuple[Entry, bool]:
         """Add a large file sent as its chunk list plus only the chunks the store lacks.
 
-        The body (chunked_body.py) is an uncompressed tar of recipe parts, each followed by
-        the chunks of it the store lacks. The writer derives each sent chunk's id from its
-        bytes, reads the others back, and computes the file's SHA-256 and BLAKE3 itself;
-        chunks neither sent nor held answer ChunksMissing (409, listed).
+        The body is an uncompressed tar: first ``recipe.json`` ({"chunker", "chunks": [[id,
+        size], ...], "media_type"?}), then one member per chunk the store lacks, named by
+        its id, in recipe order, each time it occurs. The writer derives each sent chunk's
+        id from its bytes, reads the others back, and computes the file's SHA-256 and
+        BLAKE3 itself; chunks neither sent nor held answer ChunksMissing (409, listed).
         """
         validate_path(path)
         self.check_writable(package_id, {path: expected_sha256}, replace)
-        body = ChunkedBody(stream)
-        media = media_type_or_guess(body.media_type, path)
+        tar = TarReader(stream)
+        members = iter(tar)
+        chunker, recipe, media = _read_recipe(tar, next(members, None), path)
+
+        def sent() -> Iterator[tuple[str, bytes]]:
+            for member in members:
+                if member.is_dir or member.size > chunking.MAX_SIZE or member.size == 0:
+                    raise InvalidInput(f"tar member {member.name[:80]!r} is not a chunk")
+                yield member.name, tar.read_member()
+            tar.finish()
+
         with BlobWriter(self.blobs, actor) as writer:
-            staged = writer.add_chunked(body.chunker, body.chunks_in_order(), expected_sha256=expected_sha256)
+            staged = writer.add_chunked(chunker, recipe, sent(), expected_sha256=expected_sha256)
             entry = Entry(path, staged.sha256, staged.size, media)
             [entry], changed = self._record(writer, package_id, [entry], replace, "package.file_uploaded")
         return entry, changed
@@ -377,6 +387,27 @@ def _resolve_range(byte_range: tuple[int, int | None] | None, size: int) -> tupl
     if start >= size:
         raise RangeNotSatisfiable(f"range starts at byte {start} but the file has {size} bytes", size=size)
     return start, size if stop is None else min(stop, size)
+
+
+MAX_RECIPE = 16 << 20  # about 200,000 chunks: a file of some 250 GB
+
+
+def _read_recipe(tar: TarReader, member, path: str) -> tuple[str, list[tuple[str, int]], str]:
+    """The recipe member that opens a chunked upload, checked: (chunker, [(id, size)], media type)."""
+    if member is None or member.name != "recipe.json" or member.is_dir:
+        raise InvalidInput("a chunked upload starts with its recipe.json member")
+    if member.size > MAX_RECIPE:
+        raise InvalidInput(f"recipe.json is larger than {MAX_RECIPE} bytes")
+    try:
+        doc = json.loads(tar.read_small())
+        chunker, listed = doc["chunker"], doc["chunks"]
+        recipe = [(parse_sha256(cid), size) for cid, size in listed]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidInput(f"recipe.json is not a recipe: {exc}"[:300]) from exc
+    if not isinstance(chunker, str) or not recipe \
+            or any(type(n) is not int or not 0 < n <= chunking.MAX_SIZE for _, n in recipe):
+        raise InvalidInput(f"a recipe lists 1 or more chunks of 1 to {chunking.MAX_SIZE} bytes, by its chunker")
+    return chunker, recipe, media_type_or_guess(doc.get("media_type"), path)
 
 
 def _tar_member_path(name: str) -> str:

@@ -388,6 +388,8 @@ class Ingestor:
             package = self.find_or_create(existing)  # made only once every file was read
         self._package_id = package["id"]
         if package["status"] == "finalized":
+            for job in self._sampled.values():  # nothing will be uploaded: no sampling to wait for
+                job.cancel()
             self.check_finalized(package, digests)
         else:
             self.send(package, digests, missing.result())

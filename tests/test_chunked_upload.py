@@ -99,6 +99,23 @@ def test_chunks_neither_sent_nor_held_are_listed(server, store, tmp_path):
     assert server.http.get(f"{server.url}/v1/packages/{other}/files").json()["items"] == []
 
 
+@pytest.mark.parametrize("kind", ["random", "zeros", "mixed"])
+def test_a_file_cut_in_two_halves_at_once_is_cut_as_in_one_pass(tmp_path, kind):
+    """recipe_of cuts a large file's halves on two threads and joins them where their cuts meet:
+    the recipe is the one pass's, chunk for chunk (uniform data too, cut at the largest size),
+    and the progress counts every byte once."""
+    size = chunked.SPLIT_FROM + 9 * MIB + 12345
+    data = {"random": lambda: random.Random(14).randbytes(size), "zeros": lambda: bytes(size),
+            "mixed": lambda: os.urandom(size // 3) + bytes(size // 3) + os.urandom(size - 2 * (size // 3))}[kind]()
+    path = write(tmp_path / "f.bin", data)
+    counted = []
+    recipe = chunked.recipe_of(path, counted.append)
+    one_pass = [chunking.RecipeEntry(chunking.chunk_id(c.data), c.offset, c.length)
+                for c in chunking.new_cutter().cut_buf(data)]
+    assert recipe == one_pass and len(recipe) > 2
+    assert sum(counted) == size
+
+
 def test_missing_chunks_endpoint(server, tmp_path):
     data = random.Random(4).randbytes(10 * MIB)
     recipe = chunked.recipe_of(write(tmp_path / "f.bin", data))

@@ -99,14 +99,16 @@ def test_chunks_neither_sent_nor_held_are_listed(server, store, tmp_path):
     assert server.http.get(f"{server.url}/v1/packages/{other}/files").json()["items"] == []
 
 
-@pytest.mark.parametrize("kind", ["random", "zeros", "mixed"])
+@pytest.mark.parametrize("kind", ["random", "zeros", "mixed", "never-meet"])
 def test_a_file_cut_in_two_halves_at_once_is_cut_as_in_one_pass(tmp_path, kind):
     """recipe_of cuts a large file's halves on two threads and joins them where their cuts meet:
     the recipe is the one pass's, chunk for chunk (uniform data too, cut at the largest size),
     and the progress counts every byte once."""
     size = chunked.SPLIT_FROM + 9 * MIB + 12345
     data = {"random": lambda: random.Random(14).randbytes(size), "zeros": lambda: bytes(size),
-            "mixed": lambda: os.urandom(size // 3) + bytes(size // 3) + os.urandom(size - 2 * (size // 3))}[kind]()
+            "mixed": lambda: os.urandom(size // 3) + bytes(size // 3) + os.urandom(size - 2 * (size // 3)),
+            # zeros after a random start are cut at the largest size out of phase with the middle
+            "never-meet": lambda: random.Random(15).randbytes(3 * MIB) + bytes(size - 3 * MIB)}[kind]()
     path = write(tmp_path / "f.bin", data)
     counted = []
     recipe = chunked.recipe_of(path, counted.append)
@@ -114,6 +116,20 @@ def test_a_file_cut_in_two_halves_at_once_is_cut_as_in_one_pass(tmp_path, kind):
                 for c in chunking.new_cutter().cut_buf(data)]
     assert recipe == one_pass and len(recipe) > 2
     assert sum(counted) == size
+
+
+def test_a_chunk_body_whose_file_is_gone_is_the_runs_error_not_the_networks(server, tmp_path):
+    """A file removed between its cut and its send: RunDirError (exit 2), not Unreachable."""
+    from artifact_store.producer.rundir import RunDirError
+
+    path = write(tmp_path / "f.bin", random.Random(16).randbytes(12 * MIB))
+    recipe = chunked.recipe_of(path)
+    os.unlink(path)
+    try:
+        chunked.upload(StoreClient(server.url), server.create()["id"], "f.bin", path, None, False, recipe=recipe)
+        raise AssertionError("the upload went on")
+    except RunDirError as exc:
+        assert "cannot read" in str(exc) and "No such file" in str(exc)
 
 
 def test_missing_chunks_endpoint(server, tmp_path):

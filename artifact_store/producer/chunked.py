@@ -5,9 +5,9 @@ and the server refuses another). One request per file carries the recipe and the
 missing chunks; the server derives each chunk's id from its bytes, reads the chunks
 it holds back, and computes the file's SHA-256 and BLAKE3 itself. If gc took a chunk
 between our question and the upload, the answer (409) lists it and we send again
-with it. Memory stays flat: the file is cut as a stream (about 2 x 4 MiB of buffer;
-an mmap would count the whole file in the resident size) and each chunk is read
-back with pread when its turn comes.
+with it. Memory stays flat: the file is cut as a stream (8 MiB of buffer, twice
+for a file cut in two halves; an mmap would count the whole file in the resident
+size) and each chunk is read back with pread when its turn comes.
 
 A file the store holds none of (sampled_chunks_held) is not cut here: it goes
 whole with PUT, and the server cuts it as it arrives.
@@ -24,7 +24,7 @@ from casstore import chunking
 from casstore.tarstream import END_OF_ARCHIVE, member_header, padding
 
 from .client import ApiError, StoreClient
-from .rundir import ChangedWhileReading
+from .rundir import ChangedWhileReading, RunDirError
 
 MISSING_BATCH = 10_000
 SPLIT_FROM = 64 << 20  # files cut in two halves at once (recipe_of)
@@ -41,11 +41,12 @@ def recipe_of(path: str, on_bytes=None) -> list[chunking.RecipeEntry]:
     A file of SPLIT_FROM bytes or more is cut in two halves at once, on two threads (the
     cutter and BLAKE3 release the GIL): 0.30-0.33 s for a 1 GiB capture, 0.55-0.58 s in one
     pass. The result is the one pass's, exactly: a FastCDC cut depends only on the bytes
-    since the last cut, so once the first half's cutting, carried on past the middle, starts a chunk
-    where the second half's does, every later chunk is the same; it takes the second half's
-    from there. (They meet within a chunk or two; the middle is a multiple of the largest
-    chunk, so uniform data, cut at that size, meets at once.) Should they never meet, the
-    first pass goes on to the end.
+    from the last cut to at most the largest chunk size ahead (and on where the file ends,
+    which both passes read alike), so once the first half's cutting, carried on past the
+    middle, starts a chunk where the second half's does, every later chunk is the same; it
+    takes the second half's from there. They meet within a chunk or two, except where data
+    cut at the largest size (uniform data) runs out of phase with the middle (a multiple of
+    that size): then the first pass goes on to the end, as one pass would.
     """
     with open(path, "rb", buffering=0) as f:
         size = os.fstat(f.fileno()).st_size
@@ -142,18 +143,24 @@ def body_of(path: str, recipe: list[chunking.RecipeEntry], send: set[str],
     size = sum(512 + n + len(padding(n)) for n in [len(head), *(e.size for e in sent)]) + len(END_OF_ARCHIVE)
 
     def stream() -> Iterator[bytes]:
+        # The file's errors are the run's (exit 2): an OSError leaving this body would be taken
+        # by the client for the network's (exit 1, "cannot reach the service"). A send failure
+        # never enters here: the client just stops asking for the next piece.
         yield member_header("recipe.json", len(head)) + head + padding(len(head))
-        fd = os.open(path, os.O_RDONLY)
         try:
-            for e in sent:
-                data = os.pread(fd, e.size, e.offset)
-                if len(data) != e.size:  # the run's error (exit 2), not the network's (an OSError would be)
-                    raise ChangedWhileReading(f"{path} became shorter while being sent")
-                yield member_header(e.chunk_id, e.size)
-                yield data
-                yield padding(e.size)
-        finally:
-            os.close(fd)
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                for e in sent:
+                    data = os.pread(fd, e.size, e.offset)
+                    if len(data) != e.size:
+                        raise ChangedWhileReading(f"{path} became shorter while being sent")
+                    yield member_header(e.chunk_id, e.size)
+                    yield data
+                    yield padding(e.size)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise RunDirError(f"cannot read {path}: {exc.strerror or exc}") from exc
         yield END_OF_ARCHIVE
 
     return size, stream()

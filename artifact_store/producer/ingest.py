@@ -470,13 +470,18 @@ class _Scanned:
         size = self._file.size
         if isinstance(sock, ssl.SSLSocket):
             sent = 0
-            while sent < size and (data := self._stream.read(min(READ_BLOCK, size - sent))):
+            while sent < size and (data := self._read(min(READ_BLOCK, size - sent))):
                 sock.sendall(data)
                 sent += len(data)
         else:
             sent = sock.sendfile(self._stream, 0, size) if size else 0
         if sent < size:
             raise ChangedWhileReading(f"{self._file.path} became shorter while being sent")
+
+    def _read(self, n: int) -> bytes:
+        """A read of the file: its error is the run's (exit 2), not the connection's."""
+        with reading(self._file):
+            return self._stream.read(n)
 
 
 def _unchanged_since_scan(f: LocalFile) -> None:

@@ -21,9 +21,7 @@ def run_ingest(run_dir, url: str, *, retention_class=None, jobs: int = 4, progre
     try:
         run_id = read_run(run_dir)["run_id"]
         token = token_from_env()
-    except RunDirError as exc:
-        return 2, None, f"error: {exc}"
-    except (OSError, ValueError) as exc:
+    except (RunDirError, OSError, ValueError) as exc:  # run.json, or the token file
         return 2, None, f"error: {exc}"
     client = StoreClient(url, actor=f"{getpass.getuser()}@{socket.gethostname()}", token=token)
     found = _in_background(client.find_package, PRODUCER, run_id)  # asked while the run is scanned

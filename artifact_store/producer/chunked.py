@@ -51,7 +51,7 @@ def recipe_of(path: str, on_bytes=None) -> list[chunking.RecipeEntry]:
     with open(path, "rb", buffering=0) as f:
         size = os.fstat(f.fileno()).st_size
         middle = size // 2 // chunking.MAX_SIZE * chunking.MAX_SIZE
-        if size < SPLIT_FROM or not middle:
+        if size < SPLIT_FROM:
             return list(_cut(f, 0, on_bytes))
         with ThreadPoolExecutor(1, thread_name_prefix="cut") as pool:
             second = pool.submit(_cut_from, path, middle, on_bytes)

@@ -33,8 +33,8 @@ must send the name of the chunker it cut with (the server refuses others).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from functools import cache
+from typing import NamedTuple
 
 import blake3
 
@@ -80,8 +80,7 @@ def chunk_id(data) -> str:
     return blake3.blake3(data, derive_key_context=CONTEXT).hexdigest()
 
 
-@dataclass(frozen=True)
-class RecipeEntry:
+class RecipeEntry(NamedTuple):
     """One chunk of a file: its id, where it starts in the file, and its length."""
 
     chunk_id: str

@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, NamedTuple
 
 from .errors import InvalidInput
 
@@ -43,14 +42,13 @@ ZERO_BLOCK = bytes(BLOCK)
 _SIGNED = struct.Struct("148b8x356b")
 
 
-@dataclass
-class Member:
+class Member(NamedTuple):
     """One member: its name as the archive gives it, its size, and its pax records."""
 
     name: str
     size: int
     is_dir: bool
-    pax: dict[str, str] = field(default_factory=dict)
+    pax: dict[str, str]
 
 
 class TarReader:

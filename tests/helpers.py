@@ -29,7 +29,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,23 +119,50 @@ class CommandResult:
     stdout: str
     stderr: str
 
+    @property
+    def output(self) -> str:
+        """Both streams, for a failing assertion's message."""
+        return self.stdout + self.stderr
+
+
+def invoke(args: list[str], env: dict[str, str | None] | None = None) -> CommandResult:
+    """``artifact-store ARGS`` run in this process (artifact_store.cli.main), with these environment
+    variables set (None: unset) for its duration; its exit status and what it printed."""
+    from artifact_store.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved = {name: os.environ.get(name) for name in env or {}}
+    _set_environ(env or {})
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        _set_environ(saved)
+    return CommandResult(code, out.getvalue(), err.getvalue())
+
+
+def _set_environ(values: dict[str, str | None]) -> None:
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
 
 def cli(env_or_settings, *args: str, timeout: float = 600) -> CommandResult | subprocess.CompletedProcess:
-    """Run ``artifact-store ARGS`` on a Settings' database and data dir (in process: click's runner,
-    as nothing here needs a process boundary), or as a process with an env dict (for tests where
-    the process boundary is the point: several processes over one database)."""
+    """Run ``artifact-store ARGS`` on a Settings' database and data dir (in process, as nothing
+    here needs a process boundary), or as a process with an env dict (for tests where the process
+    boundary is the point: several processes over one database)."""
     if isinstance(env_or_settings, dict):
         return subprocess.run([sys.executable, "-m", "artifact_store.cli", *args],
                               env={**os.environ, **env_or_settings}, capture_output=True, text=True, cwd=ROOT,
                               timeout=timeout)
-    from click.testing import CliRunner
-
-    from artifact_store.cli import main
-
-    env = {"ARTIFACT_STORE_DATA_DIR": env_or_settings.data_dir,
-           "ARTIFACT_STORE_DATABASE_URL": env_or_settings.database_url, "ARTIFACT_STORE_STORAGE_URL": None}
-    result = CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
-    return CommandResult(result.exit_code, result.stdout, result.stderr)
+    return invoke(list(args), {"ARTIFACT_STORE_DATA_DIR": env_or_settings.data_dir,
+                               "ARTIFACT_STORE_DATABASE_URL": env_or_settings.database_url,
+                               "ARTIFACT_STORE_STORAGE_URL": None})
 
 
 def environment(database_url: str, tmp_path: Path, backend: str = "s3") -> dict:

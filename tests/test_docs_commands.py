@@ -7,8 +7,8 @@
 - Every other shell block is listed in ``NOT_RUNNABLE`` with the reason (Ceph, a production host,
   the whole suite...); a new block fails ``test_every_shell_block_is_run_or_listed`` until it is
   classified.
-- Whatever runs or not: every ``artifact-store ...`` line must parse with the real click command
-  (a block's lines completely, with click's own parser; a synopsis in prose, its subcommands and
+- Whatever runs or not: every ``artifact-store ...`` line must parse with the real command parser
+  (a block's lines completely, with argparse itself; a synopsis in prose, its subcommands and
   options), every request (METHOD /path?query) must be an operation of the served OpenAPI
   document (pages and the document itself: a route of the app), every ARTIFACT_STORE_* / AWS_*
   variable must be one the code reads, and every script or benchmark a command names must exist
@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import argparse
 import ast
 import dataclasses
 import importlib.util
@@ -28,10 +29,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import parse_qsl
 
-import click
 import pytest
 
-from artifact_store.cli import main
+from artifact_store.cli import build_parser
 from casstore.config import Settings
 from casstore.store import Store
 from tests.helpers import (
@@ -132,39 +132,61 @@ def test_every_shell_block_is_run_or_listed():
 
 # ---------------------------------------------------------------- commands
 
+PARSER = build_parser()
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction | None:
+    """A parser's commands: the one subparsers action it has, if any."""
+    return next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+
+
+def _options(parser: argparse.ArgumentParser) -> set[str]:
+    return {o for action in parser._actions for o in action.option_strings}
+
+
+class _Refused(Exception):
+    """What argparse would print before exiting with status 2."""
+
+
 def _parse(words: list[str], literal: bool) -> str | None:
-    """Why click would not take this command line (None: it would). A literal line goes through
-    click's parser whole (unknown options, missing or extra arguments, wrong types, missing
-    required options); a synopsis must name existing subcommands and options."""
-    cmd, names, rest = main, ["artifact-store"], words[1:]
-    while isinstance(cmd, click.Group) and rest:
+    """Why the command's parser would not take this command line (None: it would). A literal line
+    goes through the parser whole (unknown options, missing or extra arguments, wrong types,
+    missing required options); a synopsis must name existing subcommands and options."""
+    cmd, names, rest = PARSER, ["artifact-store"], words[1:]
+    while (subs := _subcommands(cmd)) and rest:
         word = rest[0] if literal else rest[0].strip("[]()")
-        if word not in cmd.commands:
+        if word not in subs.choices:
             break
-        cmd, names, rest = cmd.commands[word], [*names, word], rest[1:]
-    if isinstance(cmd, click.Group):
+        cmd, names, rest = subs.choices[word], [*names, word], rest[1:]
+    if subs := _subcommands(cmd):
         unknown = rest[0] if rest and (literal or re.fullmatch(r"[a-z][a-z-]*", rest[0])) else None
-        if cmd is main or unknown:
+        if cmd is PARSER or unknown:
             return f"no such command: {' '.join([*names, unknown or ''])}"
-        if literal and not cmd.invoke_without_command:
+        if literal and subs.required:
             return f"{' '.join(names)} needs a subcommand"
         if literal:
             return None
     if literal:
+        def refuse(message: str):
+            raise _Refused(message)
+
+        cmd.error = refuse  # this parser object is the test's own (PARSER is built here)
         try:
-            cmd.make_context(" ".join(names), list(rest))
-        except click.ClickException as exc:
-            return exc.format_message()
+            cmd.parse_args(list(rest))
+        except _Refused as exc:
+            return str(exc)
+        finally:
+            del cmd.error
         return None
-    options = {o for p in cmd.params for o in (*p.opts, *p.secondary_opts)} | {"--help"}
     shown = {part.split("=")[0] for word in rest for part in re.split(r"[\[\]()|]", word) if part.startswith("--")}
+    options = _options(cmd)
     return f"{' '.join(names)} has no option {sorted(shown - options)}" if shown - options else None
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=doc_ids(DOCS))
 def test_every_command_line_parses(doc):
     wrong = []
-    for where, words, literal in documented_commands(doc, subcommands=frozenset(main.commands)):
+    for where, words, literal in documented_commands(doc, subcommands=frozenset(_subcommands(PARSER).choices)):
         if " ".join(words) not in NOT_COMMANDS:
             problem = _parse(words, literal)
             if problem:
@@ -177,27 +199,28 @@ OTHER_OPTIONS = {"--data-binary": "curl, in README.md's quick start",
                  "--auth": "bench/ingest_api.py and bench/ingest_cli.py"}
 
 
-def _all_options(cmd: click.Command) -> set[str]:
-    options = {o for p in cmd.params for o in (*p.opts, *p.secondary_opts)}
-    for sub in getattr(cmd, "commands", {}).values():
-        options |= _all_options(sub)
-    return options
+def _all_options(parser: argparse.ArgumentParser) -> set[str]:
+    subs = _subcommands(parser)
+    return _options(parser).union(*(_all_options(p) for p in (subs.choices.values() if subs else ())))
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=doc_ids(DOCS))
 def test_every_option_named_alone_exists(doc):
     """``--option`` spans in prose (``--repack-grace``, ``--jobs N``) name an option of some command."""
-    known = _all_options(main)
+    known = _all_options(PARSER)
     for name in ("ingest_api.py", "ingest_cli.py"):
         assert '"--auth"' in (ROOT / "bench" / name).read_text()
     shown = {span.split()[0] for span in inline_code(doc) if span.startswith("--")}
     assert sorted(shown - known - set(OTHER_OPTIONS)) == []
 
-def test_the_parser_refuses_what_click_refuses():
+def test_the_parser_refuses_what_the_command_refuses():
     """The check above can fail: a bogus option, a missing required option, an unknown command."""
     assert _parse(["artifact-store", "gc", "--json"], True) is None
-    assert "No such option" in _parse(["artifact-store", "gc", "--bogus"], True)
-    assert "Missing option '--reason'" in _parse(["artifact-store", "hold", "add", "pkg_x"], True)
+    assert _parse(["artifact-store", "gc", "--bogus"], True) == "unrecognized arguments: --bogus"
+    assert _parse(["artifact-store", "hold", "add", "pkg_x"], True) == \
+        "the following arguments are required: --reason"
+    assert _parse(["artifact-store", "ingest", "run", "--jobs", "0"], True) == \
+        "argument --jobs: 0 is not in the range 1<=x<=64"
     assert _parse(["artifact-store", "tokens", "list"], True) == "no such command: artifact-store tokens"
     assert _parse(["artifact-store", "verify", "[--deep]", "[--fast]"], False) == \
         "artifact-store verify has no option ['--fast']"

@@ -9,11 +9,9 @@ import os
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 from sqlalchemy import text
 
-from artifact_store.cli import main
-from tests.helpers import make_tar
+from tests.helpers import invoke, make_tar
 
 FILES = {
     "run.json": b'{"run_id": "dl"}',
@@ -42,8 +40,7 @@ def package(server):
 
 
 def download(server, pkg: str, dest: Path, *extra: str):
-    result = CliRunner().invoke(main, ["download", pkg, str(dest), "--url", server.url, *extra],
-                                catch_exceptions=False)
+    result = invoke(["download", pkg, str(dest), "--url", server.url, *extra])
     line = json.loads(result.stdout) if result.stdout.strip() else None
     return result, line
 
@@ -55,14 +52,14 @@ def tree(dest: Path) -> dict[str, bytes]:
 def test_download_writes_every_file_at_its_path_and_verifies_it(server, package, tmp_path):
     dest = tmp_path / "out"
     result, line = download(server, package["id"], dest)
-    assert result.exit_code == 0, result.output
+    assert result.returncode == 0, result.output
     assert tree(dest) == {**FILES, **BIG}
     assert line == {"package_id": package["id"], "manifest_digest": package["manifest_digest"],
                     "files": len(FILES) + len(BIG), "bytes": package["total_bytes"], "verified": True,
                     "downloaded": len(FILES) + len(BIG), "kept": 0, "failed": 0}
     # again: nothing is fetched, everything is checked and kept
     again, line = download(server, package["id"], dest)
-    assert again.exit_code == 0 and line["kept"] == len(FILES) + len(BIG) and line["downloaded"] == 0
+    assert again.returncode == 0 and line["kept"] == len(FILES) + len(BIG) and line["downloaded"] == 0
 
 
 def test_download_resumes_a_cut_file_and_replaces_a_wrong_one(server, package, tmp_path, caplog):
@@ -73,7 +70,7 @@ def test_download_resumes_a_cut_file_and_replaces_a_wrong_one(server, package, t
     (dest / "raw/logs").mkdir(parents=True)
     (dest / "raw/logs/a b.log").write_bytes(b"tampered")
     result, line = download(server, package["id"], dest)
-    assert result.exit_code == 0, result.output
+    assert result.returncode == 0, result.output
     assert tree(dest) == {**FILES, **BIG}
     assert line["verified"] is True and line["downloaded"] == len(FILES) + len(BIG)
     resumed = [r.getMessage() for r in caplog.records if "captures/dump.bin" in r.getMessage()]
@@ -103,7 +100,7 @@ def test_download_names_every_file_damaged_on_the_backend(server, store, package
     damage(store, "raw/logs/#2?.log", package["id"])  # a slice of a pack
     dest = tmp_path / "out"
     result, line = download(server, package["id"], dest)
-    assert result.exit_code == 1
+    assert result.returncode == 1
     assert line["verified"] is False and line["failed"] == 2
     damaged = sorted(m for m in result.stderr.splitlines() if m.startswith("mismatch: "))
     assert [d.split(": sha256 ")[0] for d in damaged] == ["mismatch: raw/captures/dump.bin",
@@ -126,15 +123,15 @@ def test_download_refuses_a_manifest_that_does_not_match_its_digest(server, stor
         f.write(b"X")
     dest = tmp_path / "out"
     result, line = download(server, package["id"], dest)
-    assert result.exit_code == 1 and line is None
+    assert result.returncode == 1 and line is None
     assert result.stderr.startswith(f"error: the manifest of {package['id']} hashes to sha256:")
     assert not dest.exists()
 
 
 def test_download_of_an_unknown_or_open_package(server, tmp_path):
     result, line = download(server, "pkg_nope", tmp_path / "a")
-    assert result.exit_code == 2 and line is None and "pkg_nope" in result.stderr
+    assert result.returncode == 2 and line is None and "pkg_nope" in result.stderr
     pkg = server.create()["id"]
     result, _ = download(server, pkg, tmp_path / "b")
-    assert result.exit_code == 2 and "only a finalized package" in result.stderr
+    assert result.returncode == 2 and "only a finalized package" in result.stderr
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

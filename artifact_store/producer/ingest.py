@@ -50,7 +50,6 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 from casstore import chunking
 from casstore.tarstream import tar_of
@@ -74,11 +73,11 @@ class IngestConflict(Exception):
     """The run id is already finalized with other content (exit status 2, nothing changed)."""
 
 
-@dataclass
 class Progress:
     """Byte counters for the two long phases; a tqdm bar when asked for, silent otherwise."""
 
-    enabled: bool
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
 
     def bar(self, description: str, total: int):
         if not self.enabled:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import os
 import stat
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from casstore.errors import InvalidPath
 from casstore.paths import validate_path
@@ -33,8 +33,9 @@ class ChangedWhileReading(RunDirError):
         super().__init__(f"{what}; let the run finish writing, then run the same command again")
 
 
-@dataclass(frozen=True)
-class LocalFile:
+class LocalFile(NamedTuple):
+    """A regular file of the run as scanned (a tuple: 1,500 of them are made by every ingest)."""
+
     path: str  # logical path: relative, POSIX
     abspath: str
     size: int
@@ -43,15 +44,15 @@ class LocalFile:
     device: int
 
 
-@dataclass
 class RunDir:
-    root: Path
-    files: list[LocalFile]
-    links: list[str]
-    run: dict
-    metadata: dict
-    retention_wish: dict | None = None
-    skipped_other: list[str] = field(default_factory=list)
+    """A scanned run directory: its files, the links and special files skipped, run.json and the
+    package metadata made of it."""
+
+    def __init__(self, root: Path, files: list[LocalFile], links: list[str], run: dict, metadata: dict,
+                 retention_wish: dict | None = None, skipped_other: list[str] | None = None) -> None:
+        self.root, self.files, self.links, self.run, self.metadata = root, files, links, run, metadata
+        self.retention_wish = retention_wish
+        self.skipped_other = skipped_other or []
 
     @property
     def run_id(self) -> str:

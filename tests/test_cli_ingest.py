@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,10 +21,10 @@ from tests.helpers import ServerProcess, requests_by_route
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cli(args: list[str], url: str, cache_home: Path, **kwargs) -> subprocess.CompletedProcess:
+def run_cli(args: list[str], url: str, cache_home: Path, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "ARTIFACT_STORE_URL": url, "XDG_CACHE_HOME": str(cache_home)}
     return subprocess.run([sys.executable, "-m", "artifact_store.cli", "ingest", *args], env=env, capture_output=True,
-                          text=True, cwd=ROOT, timeout=300, **kwargs)
+                          text=True, cwd=ROOT, timeout=timeout, **kwargs)
 
 
 def result_of(proc: subprocess.CompletedProcess) -> dict:
@@ -142,6 +143,20 @@ def test_run_json_problems_exit_2_before_any_upload(server, tmp_path):
     assert server.http.get(f"{server.url}/v1/packages").json()["items"] == []
 
 
+def test_a_run_refused_after_run_json_exits_without_waiting_for_a_silent_service(tmp_path):
+    """The package is looked up while the run is scanned; a scan that refuses the run (here a
+    name that cannot be stored) exits at once, not when the lookup gives up (600 s)."""
+    run = write_run(tmp_path / "run", "silent-1", {"a.txt": b"one", "bad\\name.txt": b"two"})
+    with socket.socket() as silent:  # connections are queued by the kernel, never answered
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        started = time.monotonic()
+        proc = run_cli([str(run)], f"http://127.0.0.1:{silent.getsockname()[1]}", tmp_path / "cache", timeout=60)
+        elapsed = time.monotonic() - started
+    assert proc.returncode == 2 and "cannot be stored: a logical path has no backslash" in proc.stderr
+    assert elapsed < 10
+
+
 @pytest.mark.parametrize("size", [9, 9 << 20], ids=["small", "large"])  # a large one is cut only when sent
 def test_unreadable_file_exits_2_before_any_upload(server, tmp_path, size):
     run = write_run(tmp_path / "run", "unreadable", {"ok.txt": b"fine", "secret.txt": os.urandom(size)})
@@ -197,11 +212,13 @@ def test_an_unchanged_reingest_asks_for_the_package_not_its_manifest(server, tmp
     assert asked() == 3
 
 
-# What an unchanged re-ingest must not load: it is mostly the command's own start (90 ms for
+# What an unchanged re-ingest must not load: it is mostly the command's own start (85 ms for
 # 1,500 files), and each of these costs milliseconds of it. click and dataclasses bring in
-# inspect (with ast, dis, tokenize); the server's stack and the chunker are never needed to
-# find that nothing changed.
-NOT_LOADED_BY_A_REINGEST = ("click", "inspect", "flask", "sqlalchemy", "sqlmodel", "obstore", "pyfastcdc", "tqdm")
+# inspect (with ast, dis, tokenize); concurrent.futures brings in logging; the uploader, the
+# chunker and the server's stack are never needed to find that nothing changed.
+NOT_LOADED_BY_A_REINGEST = ("click", "inspect", "concurrent", "logging", "artifact_store.producer.ingest",
+                            "artifact_store.producer.chunked", "pyfastcdc", "blake3", "tqdm", "flask", "sqlalchemy",
+                            "sqlmodel", "obstore")
 
 
 def test_an_unchanged_reingest_loads_only_what_it_needs(server, tmp_path):
@@ -212,8 +229,8 @@ def test_an_unchanged_reingest_loads_only_what_it_needs(server, tmp_path):
                           env=env, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result_of(proc)["new_bytes"] == 0
     loaded = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
-    assert "artifact_store.producer.ingest" in loaded  # the list is read right
-    assert sorted(m for m in loaded if m.split(".")[0] in NOT_LOADED_BY_A_REINGEST) == []
+    assert "artifact_store.producer.answer" in loaded  # the list is read right
+    assert sorted(m for m in loaded if any(m == n or m.startswith(n + ".") for n in NOT_LOADED_BY_A_REINGEST)) == []
 
 
 def test_second_run_sharing_most_bytes_stores_only_the_changes(server, tmp_path):

@@ -13,9 +13,9 @@ def run_ingest(run_dir, url: str, *, retention_class=None, jobs: int = 4, progre
     import socket
     import sys
 
+    from .answer import PRODUCER
     from .client import StoreClient, token_from_env
     from .hashcache import HashCache, default_cache_path
-    from .ingest import PRODUCER, Progress
     from .rundir import RunDirError, load, read_run
 
     try:
@@ -24,7 +24,7 @@ def run_ingest(run_dir, url: str, *, retention_class=None, jobs: int = 4, progre
     except (RunDirError, OSError, ValueError) as exc:  # run.json, or the token file
         return 2, None, f"error: {exc}"
     client = StoreClient(url, actor=f"{getpass.getuser()}@{socket.gethostname()}", token=token)
-    found = _in_background(client.find_package, PRODUCER, run_id)  # asked while the run is scanned
+    found = _Background(client.find_package, PRODUCER, run_id)  # asked while the run is scanned
     try:
         run = load(run_dir)
     except RunDirError as exc:
@@ -35,35 +35,50 @@ def run_ingest(run_dir, url: str, *, retention_class=None, jobs: int = 4, progre
         print(f"skipped special file: {other}", file=sys.stderr)
     return _ingest(client, run, found if run.run_id == run_id else None,
                    HashCache(default_cache_path() if cache_path == "default" else cache_path),
-                   jobs=jobs, retention_class=retention_class, progress=Progress(progress))
+                   jobs=jobs, retention_class=retention_class, progress=progress)
 
 
-def _in_background(call, *args):
-    """A Future of ``call(*args)`` run on a daemon thread: an exit (a run directory refused
-    while a slow service is being asked) does not wait for it, as it would for a pool's."""
-    import threading
-    from concurrent.futures import Future
+class _Background:
+    """``call(*args)`` on a daemon thread; ``result()`` waits for its value or raises its error.
 
-    future: Future = Future()
+    Not a pool's Future: an exit (a run directory refused while a slow service is being
+    asked) must not wait for the call, and concurrent.futures would cost an unchanged
+    re-ingest 5 ms to import (answer.py)."""
 
-    def run() -> None:
+    def __init__(self, call, *args) -> None:
+        import threading
+
+        self._value, self._error = None, None
+        self._thread = threading.Thread(target=self._run, args=(call, args), name="find-package", daemon=True)
+        self._thread.start()
+
+    def _run(self, call, args) -> None:
         try:
-            future.set_result(call(*args))
+            self._value = call(*args)
         except BaseException as exc:  # handed to whoever asks for the result
-            future.set_exception(exc)
+            self._error = exc
 
-    threading.Thread(target=run, name="find-package", daemon=True).start()
-    return future
+    def result(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
-def _ingest(client, run, found, cache, **options):
-    """The ingest proper: its errors as (exit status, None, message); the cache closed at the end."""
+def _ingest(client, run, found, cache, progress: bool, **options):
+    """The ingest (none when the cache shows the store holds the run: answer.held_already);
+    its errors as (exit status, None, message); the cache closed at the end."""
+    from .answer import IngestConflict, held_already
     from .client import ApiError, Unreachable
-    from .ingest import IngestConflict, Ingestor
     from .rundir import RunDirError
 
     try:
-        return 0, Ingestor(client, run, cache, found=found, **options).ingest(), None
+        result = held_already(run, found, cache, client.base_url)
+        if result is None:
+            from .ingest import Ingestor, Progress
+
+            result = Ingestor(client, run, cache, found=found, progress=Progress(progress), **options).ingest()
+        return 0, result, None
     except (RunDirError, IngestConflict) as exc:
         return 2, None, f"error: {exc}"
     except ApiError as exc:

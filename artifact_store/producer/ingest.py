@@ -17,7 +17,8 @@ the same package when started again:
    a finalized one is compared with the run (its manifest): identical -> done,
    nothing sent; different -> IngestConflict naming the paths, nothing changed.
    A match is remembered (hashcache.py): the same files against the same
-   manifest digest are not compared again;
+   manifest digest are not compared again (answer.held_already answers such
+   a run before this module is loaded);
 3. list what the package already holds; keep only files it lacks or holds
    with other bytes;
 4. ask which digests the store lacks (5,000 a request); attach the others by
@@ -55,11 +56,11 @@ from casstore import chunking
 from casstore.tarstream import tar_of
 
 from . import chunked
+from .answer import PRODUCER, IngestConflict, answer
 from .client import StoreClient
 from .hashcache import HashCache
 from .rundir import ChangedWhileReading, LocalFile, RunDir, RunDirError
 
-PRODUCER = "guide-board"
 SMALL_FILE = 1 << 20
 TAR_BATCH_BYTES = 8 << 20
 TAR_BATCH_FILES = 1000
@@ -67,10 +68,6 @@ MISSING_BATCH = 5000
 ATTACH_BATCH = 1000
 READ_BLOCK = 1 << 20
 KEEP_BYTES = 16 << 20  # small files' bytes kept from hashing to uploading (read once, not twice)
-
-
-class IngestConflict(Exception):
-    """The run id is already finalized with other content (exit status 2, nothing changed)."""
 
 
 class Progress:
@@ -128,14 +125,14 @@ def batched(items: list, size: int) -> Iterable[list]:
 class Ingestor:
     def __init__(self, client: StoreClient, run: RunDir, cache: HashCache, *, jobs: int = 4,
                  retention_class: str | None = None, progress: Progress | None = None,
-                 found: Future | None = None) -> None:
+                 found=None) -> None:
         self.client = client
         self.run = run
         self.cache = cache
         self.jobs = max(1, jobs)
         self.retention_class = retention_class
         self.progress = progress or Progress(False)
-        self._found = found  # the run's live package, asked already (client.find_package), or None
+        self._found = found  # the run's live package asked already: its result() is client.find_package's
         self.new_bytes = 0
         self._package_id = ""
         self._kept: dict[str, bytes] = {}  # path -> the very bytes hashed (so also the bytes sent)
@@ -394,18 +391,7 @@ class Ingestor:
             self.send(package, digests, missing.result())
             package = self.client.finalize(package["id"])
             self.check_finalized(package, digests)  # it holds what we sent, and the next run of this need not ask
-        return {
-            "package_id": package["id"],
-            "manifest_digest": package["manifest_digest"],
-            "run_id": self.run.run_id,
-            "files": package["file_count"],
-            "bytes": package["total_bytes"],
-            "new_bytes": self.new_bytes,
-            "retention_class": package["retention_class"],
-            "expires_at": package["expires_at"],
-            "url": package.get("url") or f"{self.client.base_url}/v1/packages/{package['id']}",  # the public one
-            "skipped_links": len(self.run.links),
-        }
+        return answer(package, self.run, self.client.base_url, self.new_bytes)
 
 
 def _describe(path: str, stored: dict, local: dict) -> str:

@@ -27,16 +27,17 @@ def _command(subparsers, name: str, func) -> argparse.ArgumentParser:
     first, _, rest = (func.__doc__ or "").strip().partition("\n")
     doc = "\n".join([first, *(line[4:] if line.startswith("    ") else line for line in rest.split("\n"))])
     sub = subparsers.add_parser(name, help=doc.split("\n\n")[0].replace("\n", " "), description=doc,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     sub.set_defaults(func=func, parser=sub)
     return sub
 
 
-def _group(subparsers, name: str, doc: str, required: bool = True):
-    """A command of commands (``hold add``); the group's parser and its subparsers."""
-    sub = subparsers.add_parser(name, help=doc, description=doc)
-    sub.set_defaults(parser=sub)
-    return sub, sub.add_subparsers(title="commands", metavar="COMMAND", dest=f"{name}_command", required=required)
+def _group(subparsers, name: str, doc: str):
+    """A command of commands (``hold add``): the group's parser and its subparsers. Given no
+    subcommand, it prints its help (main), unless it sets a ``func`` of its own."""
+    sub = subparsers.add_parser(name, help=doc, description=doc, allow_abbrev=False)
+    sub.set_defaults(func=None, parser=sub)
+    return sub, sub.add_subparsers(title="commands", metavar="COMMAND", dest=f"{name}_command")
 
 
 def int_range(low: int, high: int | None = None):
@@ -89,6 +90,7 @@ def not_a_directory(text: str) -> str:
 
 URL_HELP = "The service (default ARTIFACT_STORE_URL, else http://ARTIFACT_STORE_HOST:ARTIFACT_STORE_PORT)."
 REASON_HELP = "Why (kept in the retention and audit events)."
+HOLD_REASON_HELP = "Why (kept on the hold and in the events)."
 
 
 def _serve(sub) -> None:
@@ -141,8 +143,7 @@ def _db(sub) -> None:
 
 
 def _retention_classes(sub) -> None:
-    classes, under = _group(sub, "retention-classes", "List retention classes (or change one with `set`).",
-                            required=False)
+    classes, under = _group(sub, "retention-classes", "List retention classes (or change one with `set`).")
     classes.set_defaults(func=commands.retention_classes)
     for name, func in (("set", commands.retention_classes_set), ("create", commands.retention_classes_create)):
         p = _command(under, name, func)
@@ -159,11 +160,11 @@ def _hold(sub) -> None:
     _, holds = _group(sub, "hold", "Place and release holds (a held package is never eligible for deletion).")
     p = _command(holds, "add", commands.hold_add)
     p.add_argument("package_id", metavar="PACKAGE_ID")
-    p.add_argument("--reason", required=True, help="Why (kept on the hold and in the events).")
+    p.add_argument("--reason", required=True, help=HOLD_REASON_HELP)
     p = _command(holds, "release", commands.hold_release)
     p.add_argument("package_id", metavar="PACKAGE_ID")
     p.add_argument("hold_id", metavar="HOLD_ID")
-    p.add_argument("--reason", required=True, help="Why (kept on the hold and in the events).")
+    p.add_argument("--reason", required=True, help=HOLD_REASON_HELP)
 
 
 def _retention(sub) -> None:
@@ -239,9 +240,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The command line's parser. Given the name of a command (a command line's first word), only
     that command's parsers are made; anything else (None, --help, a typo) makes them all, so help
     and "invalid choice" list every command. Making them all costs 5-10 ms (each parser's help
-    strings go through gettext, four stat() calls each): an unchanged re-ingest takes 90 ms."""
-    top = argparse.ArgumentParser(prog="artifact-store", description="artifact-store: the evidence store for QA runs.")
-    sub = top.add_subparsers(title="commands", metavar="COMMAND", dest="command", required=True)
+    strings go through gettext, four stat() calls each), up to a tenth of an unchanged re-ingest.
+
+    Options are never abbreviated (``--no`` is not ``--no-cache``): an option added later would
+    change what an abbreviation in someone's script means. A value that begins with ``-`` is
+    given as ``--reason=-x`` (argparse takes ``--reason -x`` for an option)."""
+    top = argparse.ArgumentParser(prog="artifact-store", description="artifact-store: the evidence store for QA runs.",
+                                  allow_abbrev=False)
+    top.set_defaults(func=None, parser=top)
+    sub = top.add_subparsers(title="commands", metavar="COMMAND", dest="command")
     for name, declare in COMMANDS.items():
         if command not in COMMANDS or name == command:
             declare(sub)
@@ -250,9 +257,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command line; its exit status. A usage error (argparse's, or a command's
-    ``commands.UsageError``) prints the usage and exits with 2."""
+    ``commands.UsageError``) prints the usage and exits with 2; so does a command of commands
+    given none (``artifact-store hold``), with its help, which lists them."""
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv[0] if argv else None).parse_args(argv)
+    if args.func is None:
+        args.parser.print_help(sys.stderr)
+        return 2
     try:
         return args.func(args) or 0
     except commands.UsageError as exc:
@@ -262,9 +273,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def run() -> None:
     """The console script (and ``python -m artifact_store.cli``): main, then the process ends.
-    What is alive now dies with the process, so it is frozen out of the interpreter's last
-    garbage collections: they cost 8 ms of the 110 ms an unchanged re-ingest takes."""
-    code = main()
+
+    Ctrl-C ends it with "Aborted!" and exit status 1, a closed output (``| head``) quietly
+    with 1, as click did: no traceback. What is alive at the end dies with the process, so it
+    is frozen out of the interpreter's last garbage collections (about 8 ms, a tenth of an
+    unchanged re-ingest)."""
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        print("Aborted!", file=sys.stderr)
+        code = 1
+    except BrokenPipeError:  # the rest of the output, and Python's own flush at exit, go nowhere
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 1
     gc.freeze()
     sys.exit(code)
 

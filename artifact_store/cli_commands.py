@@ -17,7 +17,8 @@ class UsageError(Exception):
 
 
 def _echo(text: str = "", err: bool = False) -> None:
-    print(text, file=sys.stderr if err else sys.stdout)
+    """One line, written at once (a finding of a long verify is not held back by a pipe's buffer)."""
+    print(text, file=sys.stderr if err else sys.stdout, flush=True)
 
 
 def _settings(**overrides):

@@ -138,7 +138,7 @@ def invoke(args: list[str], env: dict[str, str | None] | None = None) -> Command
             try:
                 code = main(list(args))
             except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else 1
+                code = 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
     finally:
         _set_environ(saved)
     return CommandResult(code, out.getvalue(), err.getvalue())

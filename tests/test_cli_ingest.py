@@ -212,8 +212,8 @@ def test_an_unchanged_reingest_asks_for_the_package_not_its_manifest(server, tmp
     assert asked() == 3
 
 
-# What an unchanged re-ingest must not load: it is mostly the command's own start (85 ms for
-# 1,500 files), and each of these costs milliseconds of it. click and dataclasses bring in
+# What an unchanged re-ingest must not load: it is mostly the command's own start (75-115 ms
+# for 1,500 files), and each of these costs milliseconds of it. click and dataclasses bring in
 # inspect (with ast, dis, tokenize); concurrent.futures brings in logging; the uploader, the
 # chunker and the server's stack are never needed to find that nothing changed.
 NOT_LOADED_BY_A_REINGEST = ("click", "inspect", "concurrent", "logging", "artifact_store.producer.ingest",

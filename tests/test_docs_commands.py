@@ -162,7 +162,7 @@ def _parse(words: list[str], literal: bool) -> str | None:
         unknown = rest[0] if rest and (literal or re.fullmatch(r"[a-z][a-z-]*", rest[0])) else None
         if cmd is PARSER or unknown:
             return f"no such command: {' '.join([*names, unknown or ''])}"
-        if literal and subs.required:
+        if literal and cmd.get_default("func") is None:
             return f"{' '.join(names)} needs a subcommand"
         if literal:
             return None

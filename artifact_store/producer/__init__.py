@@ -13,8 +13,7 @@ def run_ingest(run_dir, url: str, *, retention_class=None, jobs: int = 4, progre
     import socket
     import sys
 
-    from .answer import PRODUCER
-    from .client import StoreClient, token_from_env
+    from .client import PRODUCER, StoreClient, token_from_env
     from .hashcache import HashCache, default_cache_path
     from .rundir import RunDirError, load, read_run
 
@@ -24,7 +23,7 @@ def run_ingest(run_dir, url: str, *, retention_class=None, jobs: int = 4, progre
     except (RunDirError, OSError, ValueError) as exc:  # run.json, or the token file
         return 2, None, f"error: {exc}"
     client = StoreClient(url, actor=f"{getpass.getuser()}@{socket.gethostname()}", token=token)
-    found = _Background(client.find_package, PRODUCER, run_id)  # asked while the run is scanned
+    found = _Background("find-package", client.find_package, PRODUCER, run_id)  # asked while the run is scanned
     try:
         run = load(run_dir)
     except RunDirError as exc:
@@ -45,11 +44,11 @@ class _Background:
     asked) must not wait for the call, and concurrent.futures would cost an unchanged
     re-ingest 5 ms to import (answer.py)."""
 
-    def __init__(self, call, *args) -> None:
+    def __init__(self, name: str, call, *args) -> None:
         import threading
 
         self._value, self._error = None, None
-        self._thread = threading.Thread(target=self._run, args=(call, args), name="find-package", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(call, args), name=name, daemon=True)
         self._thread.start()
 
     def _run(self, call, args) -> None:

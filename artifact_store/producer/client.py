@@ -16,6 +16,7 @@ from typing import IO, Any
 from urllib.parse import quote, urlencode, urlsplit
 
 BLOCK = 1 << 20
+PRODUCER = "guide-board"  # the producer name this client's ingest writes packages for
 
 
 class ApiError(Exception):

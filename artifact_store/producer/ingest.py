@@ -56,8 +56,8 @@ from casstore import chunking
 from casstore.tarstream import tar_of
 
 from . import chunked
-from .answer import PRODUCER, IngestConflict, answer
-from .client import StoreClient
+from .answer import IngestConflict, answer
+from .client import PRODUCER, StoreClient
 from .hashcache import HashCache
 from .rundir import ChangedWhileReading, LocalFile, RunDir, RunDirError
 

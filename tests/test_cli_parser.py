@@ -1,0 +1,79 @@
+"""The ``artifact-store`` command line itself (argparse): what a script or a person at a terminal
+relies on, whatever the command does."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+from artifact_store.cli_commands import _base_url
+from tests.helpers import ROOT, invoke
+
+
+def test_no_command_or_a_group_without_one_lists_what_there_is_and_exits_2():
+    top = invoke([])
+    assert top.returncode == 2 and top.stdout == ""
+    for name in ("serve", "ingest", "download", "retention-classes", "hold", "token", "gc", "verify"):
+        assert f"\n    {name} " in top.stderr or f"\n    {name}\n" in top.stderr, name
+    hold = invoke(["hold"])
+    assert hold.returncode == 2 and hold.stdout == ""
+    assert "\n    add " in hold.stderr and "\n    release " in hold.stderr
+
+
+def test_an_abbreviated_option_is_refused_not_guessed(tmp_path):
+    """``--no`` could mean --no-cache today and another option tomorrow."""
+    gc = invoke(["gc", "--orphan", "1h"])
+    assert gc.returncode == 2 and "unrecognized arguments: --orphan 1h" in gc.stderr
+    ingest = invoke(["ingest", str(tmp_path), "--no"])
+    assert ingest.returncode == 2 and "unrecognized arguments: --no" in ingest.stderr
+
+
+def test_the_service_is_the_option_then_the_variable_then_the_settings(monkeypatch):
+    monkeypatch.setenv("ARTIFACT_STORE_URL", "http://from-variable:1")
+    assert _base_url("http://given:2") == "http://given:2"
+    assert _base_url(None) == "http://from-variable:1"
+    monkeypatch.setenv("ARTIFACT_STORE_URL", "")  # empty is unset
+    monkeypatch.delenv("ARTIFACT_STORE_PUBLIC_URL", raising=False)
+    monkeypatch.setenv("ARTIFACT_STORE_HOST", "10.0.0.9")
+    monkeypatch.setenv("ARTIFACT_STORE_PORT", "8181")
+    assert _base_url(None) == "http://10.0.0.9:8181"
+
+
+def test_ctrl_c_ends_an_ingest_with_aborted_and_status_1_not_a_traceback(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"run_id": "interrupted"}))
+    (run / "a.log").write_text("a")
+    with socket.socket() as silent:  # takes the connection, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        silent.settimeout(30)
+        env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+        proc = subprocess.Popen([sys.executable, "-m", "artifact_store.cli", "ingest", str(run), "--url",
+                                 f"http://127.0.0.1:{silent.getsockname()[1]}"], env=env, cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        conn, _ = silent.accept()  # the ingest is waiting for the service now
+        with conn:
+            conn.recv(65536)
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=30)
+    assert (proc.returncode, out, err) == (1, "", "Aborted!\n")
+
+
+def test_a_closed_output_ends_the_command_quietly_with_status_1(settings):
+    """``artifact-store retention-classes | head -1``: the reader went away; no traceback."""
+    env = {**os.environ, "ARTIFACT_STORE_DATA_DIR": settings.data_dir,
+           "ARTIFACT_STORE_DATABASE_URL": settings.database_url, "ARTIFACT_STORE_STORAGE_URL": settings.storage_url}
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "artifact_store.cli", "retention-classes"], stdout=write,
+                              stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env, timeout=120)
+    finally:
+        os.close(write)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("artifact-store: database ") and proc.stderr.count("\n") == 1  # which store; no more

@@ -43,10 +43,12 @@ def test_the_service_is_the_option_then_the_variable_then_the_settings(monkeypat
     assert _base_url(None) == "http://10.0.0.9:8181"
 
 
-def _interruptible() -> None:
-    """In the child, before exec: SIGINT as at a terminal. A shell script's background job (CI
-    may run the suite as one) starts with SIGINT ignored, and Python then installs no handler."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+# The command as at a terminal, where Ctrl-C raises KeyboardInterrupt. A shell script's background
+# job (CI may run the suite as one) starts with SIGINT ignored, and Python then installs no handler
+# of its own; so this child sets it before running the command (no preexec_fn: this process has
+# threads, and fork then exec is only safe without Python code in between).
+AT_A_TERMINAL = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                 "sys.argv[0] = 'artifact-store'; runpy.run_module('artifact_store.cli', run_name='__main__')")
 
 
 def test_ctrl_c_ends_an_ingest_with_aborted_and_status_1_not_a_traceback(tmp_path):
@@ -59,10 +61,9 @@ def test_ctrl_c_ends_an_ingest_with_aborted_and_status_1_not_a_traceback(tmp_pat
         silent.listen(8)
         silent.settimeout(30)
         env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
-        proc = subprocess.Popen([sys.executable, "-m", "artifact_store.cli", "ingest", str(run), "--url",
+        proc = subprocess.Popen([sys.executable, "-c", AT_A_TERMINAL, "ingest", str(run), "--url",
                                  f"http://127.0.0.1:{silent.getsockname()[1]}"], env=env, cwd=ROOT,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                preexec_fn=_interruptible)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         conn, _ = silent.accept()  # the ingest is waiting for the service now
         with conn:
             conn.recv(65536)

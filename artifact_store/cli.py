@@ -53,7 +53,6 @@ def int_range(low: int, high: int | None = None):
             raise argparse.ArgumentTypeError(f"{value} is not in the range {bounds}")
         return value
 
-    parse.__name__ = "integer"
     return parse
 
 
@@ -70,7 +69,6 @@ def float_range(low: float, high: float | None = None, *, low_open: bool = False
             raise argparse.ArgumentTypeError(f"{value} is not in the range {bounds}")
         return value
 
-    parse.__name__ = "number"
     return parse
 
 

@@ -311,6 +311,9 @@ def _new_chunks(reader, c: ChunkedBytes, hints, hashing: "_HashedBehind") -> Ite
         yield data
 
 
+HELD_RUN = 256  # held chunks located (one query) and read back (neighbours in one read) together
+
+
 def _assembled(recipe: list[tuple[str, int]], sent: Iterator[tuple[str, bytes]], c: ChunkedBytes,
                hasher: "_HashedBehind", hints, chunks, missing: list[str]) -> Iterator[bytes]:
     """Walk a recipe in file order, hashing every byte: sent chunks (checked against their id)
@@ -346,7 +349,7 @@ def _assembled(recipe: list[tuple[str, int]], sent: Iterator[tuple[str, bytes]],
                 yield data
         else:
             run.append((cid, size))
-            if len(run) >= 256:
+            if len(run) >= HELD_RUN:
                 flush()
         c.recipe.append(chunking.RecipeEntry(cid, offset, size))
         offset += size

@@ -23,7 +23,7 @@ def run_ingest(run_dir, url: str, *, retention_class=None, jobs: int = 4, progre
     except (RunDirError, OSError, ValueError) as exc:  # run.json, or the token file
         return 2, None, f"error: {exc}"
     client = StoreClient(url, actor=f"{getpass.getuser()}@{socket.gethostname()}", token=token)
-    found = _Background("find-package", client.find_package, PRODUCER, run_id)  # asked while the run is scanned
+    found = client.find_package_soon(PRODUCER, run_id)  # asked while the run is scanned
     try:
         run = load(run_dir)
     except RunDirError as exc:
@@ -35,33 +35,6 @@ def run_ingest(run_dir, url: str, *, retention_class=None, jobs: int = 4, progre
     return _ingest(client, run, found if run.run_id == run_id else None,
                    HashCache(default_cache_path() if cache_path == "default" else cache_path),
                    jobs=jobs, retention_class=retention_class, progress=progress)
-
-
-class _Background:
-    """``call(*args)`` on a daemon thread; ``result()`` waits for its value or raises its error.
-
-    Not a pool's Future: an exit (a run directory refused while a slow service is being
-    asked) must not wait for the call, and concurrent.futures would cost an unchanged
-    re-ingest 5 ms to import (answer.py)."""
-
-    def __init__(self, name: str, call, *args) -> None:
-        import threading
-
-        self._value, self._error = None, None
-        self._thread = threading.Thread(target=self._run, args=(call, args), name=name, daemon=True)
-        self._thread.start()
-
-    def _run(self, call, args) -> None:
-        try:
-            self._value = call(*args)
-        except BaseException as exc:  # handed to whoever asks for the result
-            self._error = exc
-
-    def result(self):
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value
 
 
 def _ingest(client, run, found, cache, progress: bool, **options):

@@ -50,6 +50,31 @@ def token_from_env(env=None) -> str | None:
     return token or None
 
 
+class Pending:
+    """``call(*args)`` on a daemon thread; ``result()`` waits for its value or raises its error.
+
+    Not a pool's Future: an exit (a run directory refused while a slow service is being
+    asked) must not wait for the call, and concurrent.futures would cost an unchanged
+    re-ingest 5 ms to import (answer.py)."""
+
+    def __init__(self, call, *args) -> None:
+        self._value, self._error = None, None
+        self._thread = threading.Thread(target=self._run, args=(call, args), name=call.__name__, daemon=True)
+        self._thread.start()
+
+    def _run(self, call, args) -> None:
+        try:
+            self._value = call(*args)
+        except BaseException as exc:  # handed to whoever asks for the result
+            self._error = exc
+
+    def result(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
 class StoreClient:
     def __init__(self, base_url: str, actor: str = "artifact-store-cli", timeout: float = 600,
                  token: str | None = None) -> None:
@@ -116,6 +141,10 @@ class StoreClient:
             if item["status"] not in ("deleted", "failed"):
                 return item
         return None
+
+    def find_package_soon(self, producer: str, run_id: str) -> Pending:
+        """find_package on a thread of its own, asked while the caller scans or hashes the run."""
+        return Pending(self.find_package, producer, run_id)
 
     def create_package(self, body: dict) -> dict:
         return self.request("POST", "/v1/packages", json_body=body)

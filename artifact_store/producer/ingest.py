@@ -132,7 +132,7 @@ class Ingestor:
         self.jobs = max(1, jobs)
         self.retention_class = retention_class
         self.progress = progress or Progress(False)
-        self._found = found  # the run's live package asked already: its result() is client.find_package's
+        self._found = found  # the run's live package asked already (client.find_package_soon), or None
         self.new_bytes = 0
         self._package_id = ""
         self._kept: dict[str, bytes] = {}  # path -> the very bytes hashed (so also the bytes sent)
@@ -375,8 +375,8 @@ class Ingestor:
             self._sampler.shutdown(cancel_futures=True)
 
     def _ingest(self) -> dict:
-        with ThreadPoolExecutor(2) as pool:
-            found = self._found or pool.submit(self.client.find_package, PRODUCER, self.run.run_id)  # while we hash
+        with ThreadPoolExecutor(1) as pool:
+            found = self._found or self.client.find_package_soon(PRODUCER, self.run.run_id)  # while we hash
             digests = self.hash_all()
             existing = found.result()
             if existing is None or existing["status"] != "finalized":  # asked while the package is made

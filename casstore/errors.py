@@ -48,15 +48,13 @@ package id).
 
 from __future__ import annotations
 
-from typing import Any
-
 
 class CasstoreError(Exception):
     """Base of every error casstore raises on purpose."""
 
     title = "Error"
 
-    def __init__(self, detail: str, **extra: Any) -> None:
+    def __init__(self, detail: str, **extra: object) -> None:
         super().__init__(detail)
         self.detail = detail
         self.extra = extra

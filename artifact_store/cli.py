@@ -15,7 +15,6 @@ ingested); 1 a failure or discrepancy (each command's help says which).
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import sys
 
@@ -307,9 +306,13 @@ def run() -> None:
     """The console script (and ``python -m artifact_store.cli``): main, then the process ends.
 
     Ctrl-C ends it with "Aborted!" and exit status 1, a closed output (``| head``) quietly
-    with 1, as click did: no traceback. What is alive at the end dies with the process, so it
-    is frozen out of the interpreter's last garbage collections (about 8 ms, a tenth of an
-    unchanged re-ingest)."""
+    with 1, as click did: no traceback.
+
+    A command that returns has closed what it wrote (each file, the hash cache), so the
+    process then ends at once, its output flushed, without the interpreter's teardown:
+    freeing every module and object, 4-5 ms, 7% of an unchanged re-ingest (Instagram ends
+    its workers the same way, for the same reason). A command that raises, or exits by
+    SystemExit (``serve``), ends the usual way."""
     try:
         code = main()
     except KeyboardInterrupt:
@@ -318,8 +321,12 @@ def run() -> None:
     except BrokenPipeError:  # the rest of the output, and Python's own flush at exit, go nowhere
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 1
-    gc.freeze()
-    sys.exit(code)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:  # the output was closed after the command's last line
+        code = 1
+    os._exit(code)
 
 
 if __name__ == "__main__":

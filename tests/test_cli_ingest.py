@@ -348,3 +348,29 @@ def test_kill_cli_then_resume_finishes_the_same_package(tmp_path, database_url):
         assert again["package_id"] == package["id"] and again["new_bytes"] == 0
     finally:
         server.stop()
+
+
+def test_the_hash_cache_answers_for_exactly_the_files_whose_stat_is_unchanged(tmp_path):
+    """lookup reads one range of paths: it must still answer for each file of the run (nested
+    folders included), for no file whose size or mtime changed, and not for a cached file
+    removed since (its row lies inside the range)."""
+    from artifact_store.producer.hashcache import HashCache
+    from artifact_store.producer.rundir import scan
+
+    run = tmp_path / "run"
+    for name in ("a", "sub/b", "sub/deeper/c", "sub/gone", "z"):
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_bytes(name.encode())
+    cache = HashCache(tmp_path / "cache.sqlite3")
+    try:
+        files = scan(run)[0]
+        cache.store([(f, f"sha-of-{f.path}") for f in files])
+        assert cache.lookup(files) == {f.path: f"sha-of-{f.path}" for f in files}
+        os.utime(run / "sub/b", ns=(1, 1))
+        (run / "z").write_bytes(b"changed")
+        (run / "sub/gone").unlink()
+        again = scan(run)[0]
+        assert cache.lookup(again) == {"a": "sha-of-a", "sub/deeper/c": "sha-of-sub/deeper/c"}
+        assert cache.lookup([]) == {}
+    finally:
+        cache.close()

@@ -99,10 +99,14 @@ def serve(args) -> int:
     # so it is set before api/ is.
     metrics_dir = tempfile.mkdtemp(prefix="artifact-store-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    server = os.getpid()
     try:
         _serve(settings, args)
     finally:
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+        # A gunicorn worker is a fork of this process and leaves by SystemExit through here too:
+        # only the server removes the folder, never a worker its siblings and successor still use.
+        if os.getpid() == server:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 

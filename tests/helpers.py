@@ -277,6 +277,10 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.kill()
 
+    def worker_pids(self) -> list[int]:
+        """The gunicorn workers: the server's own child processes."""
+        return sorted(pid for pid in _group_pids(self.proc.pid) if _parent_pid(pid) == self.proc.pid)
+
     def peak_rss_kib(self) -> int:
         """Largest VmHWM among the server's processes (master + workers), in KiB."""
         peak = 0
@@ -289,6 +293,14 @@ class ServerProcess:
             except OSError:
                 pass
         return peak
+
+
+def _parent_pid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _group_pids(pgid: int) -> list[int]:

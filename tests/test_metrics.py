@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import signal
 import threading
 import time
 
@@ -124,3 +126,35 @@ def test_metrics_under_two_gunicorn_workers_count_both(tmp_path, database_url):
     health = [x for x in lines if x["route"] == "/v1/health"]
     assert value(samples, "artifact_store_http_requests_total", route="/v1/health", method="GET",
                  status="200") == len(health)
+
+
+def test_metrics_survive_a_worker_that_is_replaced(tmp_path, database_url):
+    """A worker that exits (here: told to, as gunicorn does on a timeout or a reload) leaves through
+    the server's own code: it must not take the metrics folder the other workers share with it."""
+    env = {"ARTIFACT_STORE_DATA_DIR": str(tmp_path / "data"), "ARTIFACT_STORE_DATABASE_URL": database_url,
+           "ARTIFACT_STORE_AUTH": "on"}
+    setup = Store(Settings.from_env(env))
+    reader, scraper = make_token(setup, "reader", "rita"), make_token(setup, "metrics", "prometheus")
+    setup.close()
+    server = ServerProcess(env, workers=2).start()
+    try:
+        def workers_until(done) -> list[int]:
+            deadline = time.monotonic() + 30
+            while not done(pids := server.worker_pids()) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            return pids
+
+        first = workers_until(lambda pids: len(pids) == 2)  # the second boots a moment after the first
+        assert len(first) == 2
+        os.kill(first[0], signal.SIGTERM)
+        now = workers_until(lambda pids: first[0] not in pids and len(pids) == 2)
+        assert first[0] not in now and len(now) == 2, "the worker was replaced"
+        for _ in range(20):  # a new connection each time: either worker may accept it
+            assert requests.get(f"{server.url}/v1/retention-classes", headers=bearer(reader)).status_code == 200
+        samples = scrape_until(server.url, scraper, lambda now: value(
+            now, "artifact_store_http_requests_total", route="/v1/retention-classes", method="GET",
+            status="200") >= 20)
+        assert value(samples, "artifact_store_http_requests_total", route="/v1/retention-classes",
+                     method="GET", status="200") == 20
+    finally:
+        server.stop()

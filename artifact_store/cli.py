@@ -40,11 +40,11 @@ def _columns() -> int:
 
 
 class _Sized:
-    """A help formatter sized by ``_columns``."""
+    """A help formatter sized by ``_columns``, less 2 as argparse's own."""
 
     def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
                  width: int | None = None) -> None:
-        super().__init__(prog, indent_increment, max_help_position, width or _columns())
+        super().__init__(prog, indent_increment, max_help_position, width if width is not None else _columns() - 2)
 
 
 class HelpFormatter(_Sized, argparse.HelpFormatter):
@@ -308,11 +308,12 @@ def run() -> None:
     Ctrl-C ends it with "Aborted!" and exit status 1, a closed output (``| head``) quietly
     with 1, as click did: no traceback.
 
-    A command that returns has closed what it wrote (each file, the hash cache), so the
-    process then ends at once, its output flushed, without the interpreter's teardown:
-    freeing every module and object, 4-5 ms, 7% of an unchanged re-ingest (Instagram ends
-    its workers the same way, for the same reason). A command that raises, or exits by
-    SystemExit (``serve``), ends the usual way."""
+    A command that returns (or is interrupted, or loses its output) has closed what it wrote
+    (each file, the hash cache; its thread pools joined), so the process then ends at once,
+    its output flushed, without the interpreter's teardown: freeing every module and object,
+    4-5 ms, 7% of an unchanged re-ingest (Instagram ends its workers the same way, for the
+    same reason). Any other exception, and SystemExit (``serve``, usage errors), ends the
+    usual way."""
     try:
         code = main()
     except KeyboardInterrupt:
@@ -321,11 +322,12 @@ def run() -> None:
     except BrokenPipeError:  # the rest of the output, and Python's own flush at exit, go nowhere
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 1
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except BrokenPipeError:  # the output was closed after the command's last line
-        code = 1
+    for stream in (sys.stdout, sys.stderr):  # None when started with the descriptor closed (>&-)
+        try:
+            if stream is not None:
+                stream.flush()
+        except BrokenPipeError:  # the output was closed after the command's last line
+            code = 1
     os._exit(code)
 
 

@@ -235,8 +235,8 @@ def ranged_read(data_dir: Path, capture: Path, package_id: str) -> dict:
             store.storage.put_stream(whole_key, iter(lambda: f.read(8 * MIB), b""), size_hint=entry.size)
         span = min(64 * MIB, entry.size // 4)
         located = {"chunked": Location.of_recipe(entry.sha256, entry.size), "whole": Location(whole_key, 0, entry.size)}
-        result = {"range_mib": round(span / MIB, 1)}
         droppable = os.access(DROP_CACHES, os.W_OK) and not on_tmpfs(data_dir)
+        result = {"range_mib": round(span / MIB, 1), "warm_brought_in_alike": droppable}
         ranges = [(m - span // 2, m + span // 2) for m in (entry.size * 3 // 8, entry.size // 2, entry.size * 5 // 8)]
         for cache in (["cold", "warm"] if droppable else ["warm"]):
             times = {"chunked": [], "whole": []}

@@ -351,9 +351,8 @@ def test_kill_cli_then_resume_finishes_the_same_package(tmp_path, database_url):
 
 
 def test_the_hash_cache_answers_for_exactly_the_files_whose_stat_is_unchanged(tmp_path):
-    """lookup reads one range of paths: it must still answer for each file of the run (nested
-    folders included), for no file whose size or mtime changed, and not for a cached file
-    removed since (its row lies inside the range)."""
+    """lookup answers for each file of the run (nested folders included) and for no file whose
+    size or mtime changed since its digest was stored."""
     from artifact_store.producer.hashcache import HashCache
     from artifact_store.producer.rundir import scan
 
@@ -374,3 +373,13 @@ def test_the_hash_cache_answers_for_exactly_the_files_whose_stat_is_unchanged(tm
         assert cache.lookup([]) == {}
     finally:
         cache.close()
+
+
+def test_the_client_connects_where_the_url_says(tmp_path):
+    """An IPv6 literal without a port, and each scheme's default port (no connection is made)."""
+    from artifact_store.producer.client import StoreClient
+
+    for url, host, port in (("http://[::1]/", "::1", 80), ("http://[::1]:8080", "::1", 8080),
+                            ("https://store.example/", "store.example", 443), ("http://127.0.0.1:9", "127.0.0.1", 9)):
+        conn = StoreClient(url)._conn()
+        assert (conn.host, conn.port) == (host, port), url

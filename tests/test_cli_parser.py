@@ -85,3 +85,31 @@ def test_a_closed_output_ends_the_command_quietly_with_status_1(settings):
         os.close(write)
     assert proc.returncode == 1
     assert proc.stderr.startswith("artifact-store: database ") and proc.stderr.count("\n") == 1  # which store; no more
+
+
+def test_help_is_wrapped_as_argparse_wraps_it(monkeypatch):
+    """Sized without shutil (cli._columns), help keeps argparse's own width: COLUMNS less 2."""
+    import argparse
+
+    from artifact_store.cli import build_parser
+
+    env = {**os.environ, "COLUMNS": "60"}
+    ours = subprocess.run([sys.executable, "-m", "artifact_store.cli", "ingest", "--help"], capture_output=True,
+                          text=True, cwd=ROOT, env=env, timeout=60)
+    assert ours.returncode == 0
+    plain = build_parser("ingest")._subparsers._group_actions[0].choices["ingest"]
+    plain.formatter_class = argparse.RawDescriptionHelpFormatter  # argparse's own, sized by shutil
+    monkeypatch.setenv("COLUMNS", "60")
+    assert ours.stdout == plain.format_help()
+    options = ours.stdout.split("options:\n", 1)[1].splitlines()
+    assert max(map(len, options)) == 58  # wrapped there, at 60 - 2
+
+
+def test_a_command_started_with_its_output_closed_still_succeeds(settings):
+    """``artifact-store retention-classes >&-``: nothing to print to is not a failure, nor a traceback."""
+    env = {**os.environ, "ARTIFACT_STORE_DATA_DIR": settings.data_dir,
+           "ARTIFACT_STORE_DATABASE_URL": settings.database_url, "ARTIFACT_STORE_STORAGE_URL": settings.storage_url}
+    proc = subprocess.run(["sh", "-c", 'exec "$@" >&-', "sh", sys.executable, "-m", "artifact_store.cli",
+                           "retention-classes"], stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env, timeout=120)
+    assert proc.returncode == 0
+    assert "Traceback" not in proc.stderr

@@ -93,7 +93,9 @@ class StoreClient:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
         self.base_url = base_url.rstrip("/")
-        self._scheme, self._host, self._port = parts.scheme, parts.hostname, parts.port
+        # The port always given: http.client would read "::1" of http://[::1]/ as host ":", port 1.
+        self._scheme, self._host = parts.scheme, parts.hostname
+        self._port = parts.port or (443 if parts.scheme == "https" else 80)
         self._prefix = parts.path.rstrip("/")
         self._actor = actor
         self._auth = {"Authorization": f"Bearer {token}"} if token else {}

@@ -44,19 +44,16 @@ class HashCache:
             package_id TEXT PRIMARY KEY, manifest_digest TEXT, files TEXT)""")
 
     def lookup(self, files: list[LocalFile]) -> dict[str, str]:
-        """sha256 by logical path for every file whose cached stat still matches.
-
-        One range of the key, from the least path to the greatest: the files of one run
-        directory lie together in it (2.2 ms for 1,500 files, against 3.8 ms for the same
-        rows asked by name, 500 a statement). Rows in the range that are not these files
-        (files removed since) are read and left aside."""
-        if self._db is None or not files:
+        """sha256 by logical path for every file whose cached stat still matches."""
+        if self._db is None:
             return {}
-        paths = [f.abspath for f in files]
+        rows = {}
         with self._lock:
-            rows = {r[0]: r[1:] for r in self._db.execute(
-                "SELECT path, size, mtime_ns, inode, device, sha256 FROM digest WHERE path BETWEEN ? AND ?",
-                (min(paths), max(paths)))}
+            for i in range(0, len(files), 500):  # 500 a query: one statement, not one per file
+                chunk = [f.abspath for f in files[i:i + 500]]
+                rows.update((r[0], r[1:]) for r in self._db.execute(
+                    "SELECT path, size, mtime_ns, inode, device, sha256 FROM digest WHERE path IN "
+                    f"({','.join('?' * len(chunk))})", chunk))
         found = {}
         for f in files:
             row = rows.get(f.abspath)

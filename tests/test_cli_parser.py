@@ -72,10 +72,15 @@ def test_ctrl_c_ends_an_ingest_with_aborted_and_status_1_not_a_traceback(tmp_pat
     assert (proc.returncode, out, err) == (1, "", "Aborted!\n")
 
 
+def store_env(settings) -> dict:
+    """The environment of a command run against the test's store."""
+    return {**os.environ, "ARTIFACT_STORE_DATA_DIR": settings.data_dir,
+            "ARTIFACT_STORE_DATABASE_URL": settings.database_url, "ARTIFACT_STORE_STORAGE_URL": settings.storage_url}
+
+
 def test_a_closed_output_ends_the_command_quietly_with_status_1(settings):
     """``artifact-store retention-classes | head -1``: the reader went away; no traceback."""
-    env = {**os.environ, "ARTIFACT_STORE_DATA_DIR": settings.data_dir,
-           "ARTIFACT_STORE_DATABASE_URL": settings.database_url, "ARTIFACT_STORE_STORAGE_URL": settings.storage_url}
+    env = store_env(settings)
     read, write = os.pipe()
     os.close(read)
     try:
@@ -107,8 +112,7 @@ def test_help_is_wrapped_as_argparse_wraps_it(monkeypatch):
 
 def test_a_command_started_with_its_output_closed_still_succeeds(settings):
     """``artifact-store retention-classes >&-``: nothing to print to is not a failure, nor a traceback."""
-    env = {**os.environ, "ARTIFACT_STORE_DATA_DIR": settings.data_dir,
-           "ARTIFACT_STORE_DATABASE_URL": settings.database_url, "ARTIFACT_STORE_STORAGE_URL": settings.storage_url}
+    env = store_env(settings)
     proc = subprocess.run(["sh", "-c", 'exec "$@" >&-', "sh", sys.executable, "-m", "artifact_store.cli",
                            "retention-classes"], stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env, timeout=120)
     assert proc.returncode == 0

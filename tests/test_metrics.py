@@ -94,13 +94,21 @@ def test_one_access_log_line_per_request_with_its_request_id(secured_server, cap
     assert lines[0]["bytes_out"] == len(missing.content) and lines[0]["duration_ms"] > 0
 
 
-def test_metrics_under_two_gunicorn_workers_count_both(tmp_path, database_url):
-    """Each worker counts in its own process; one scrape shows the requests of both."""
+def secured_env(tmp_path, database_url) -> tuple[dict, str, str]:
+    """A store with tokens required, for a server of its own: its environment, a reader's token
+    and a metrics scraper's."""
     env = {"ARTIFACT_STORE_DATA_DIR": str(tmp_path / "data"), "ARTIFACT_STORE_DATABASE_URL": database_url,
            "ARTIFACT_STORE_AUTH": "on"}
     setup = Store(Settings.from_env(env))
-    reader, scraper = make_token(setup, "reader", "rita"), make_token(setup, "metrics", "prometheus")
-    setup.close()
+    try:
+        return env, make_token(setup, "reader", "rita"), make_token(setup, "metrics", "prometheus")
+    finally:
+        setup.close()
+
+
+def test_metrics_under_two_gunicorn_workers_count_both(tmp_path, database_url):
+    """Each worker counts in its own process; one scrape shows the requests of both."""
+    env, reader, scraper = secured_env(tmp_path, database_url)
     log = tmp_path / "server.log"
     server = ServerProcess(env, workers=2, log_path=str(log)).start()
     try:
@@ -131,11 +139,7 @@ def test_metrics_under_two_gunicorn_workers_count_both(tmp_path, database_url):
 def test_metrics_survive_a_worker_that_is_replaced(tmp_path, database_url):
     """A worker that exits (here: told to, as gunicorn does on a timeout or a reload) leaves through
     the server's own code: it must not take the metrics folder the other workers share with it."""
-    env = {"ARTIFACT_STORE_DATA_DIR": str(tmp_path / "data"), "ARTIFACT_STORE_DATABASE_URL": database_url,
-           "ARTIFACT_STORE_AUTH": "on"}
-    setup = Store(Settings.from_env(env))
-    reader, scraper = make_token(setup, "reader", "rita"), make_token(setup, "metrics", "prometheus")
-    setup.close()
+    env, reader, scraper = secured_env(tmp_path, database_url)
     server = ServerProcess(env, workers=2).start()
     try:
         def workers_until(done) -> list[int]:
